@@ -1,0 +1,1 @@
+"""Adaptation methods: source-only training, Progressive Translation Learning (PTL)."""

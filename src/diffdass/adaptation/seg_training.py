@@ -1,0 +1,278 @@
+"""Segmenter training: the source-only stage (``diffdass train-seg``) and the shared
+training step that PTL fine-tuning reuses.
+
+Reproducibility: the batch order and augmentation of iteration ``it`` depend only on
+``(seed, it)`` (see :class:`~diffdass.data.folder.StreamBatchSampler`), and the torch RNG
+is re-seeded from ``(seed, it)`` before every step (dropout, noisy-masked augmentation).
+A run resumed from its checkpoint therefore ends with the same weights as an
+uninterrupted one (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from diffdass.adaptation.augment import NoisyMaskedAugment
+from diffdass.adaptation.config import (
+    AugConfig,
+    NoisyMaskedConfig,
+    OptimConfig,
+    SegModelConfig,
+)
+from diffdass.data.folder import DomainSpec, FolderDataset, StreamBatchSampler, StreamDataset
+from diffdass.data.transforms import train_transform
+from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.models.factory import build_segmenter
+from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
+from diffdass.utils.config import ConfigError
+from diffdass.utils.device import resolve_device
+from diffdass.utils.run import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSegConfig:
+    """``diffdass train-seg``: supervised training on a labeled (source) split."""
+
+    source: DomainSpec = field(default_factory=DomainSpec)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    noisy_masked: NoisyMaskedConfig = field(default_factory=NoisyMaskedConfig)
+    iterations: int = 20000
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    num_workers: int = 2
+    checkpoint_every: int = 1000
+    on_error: str = "raise"  # or "skip": log and skip bad samples
+
+    def validate(self) -> None:
+        if not self.source.root:
+            raise ConfigError("source.root: a labeled source dataset is required")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ConfigError("iterations and batch_size must be positive")
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+
+def step_seed(seed: int, it: int, stream: int = 0) -> int:
+    """A 63-bit seed derived from (seed, stream, iteration)."""
+    import numpy as np
+
+    return int(np.random.default_rng([seed, stream, it]).integers(0, 2**63 - 1))
+
+
+def seg_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255):
+    """Pixel cross-entropy, logits upsampled bilinearly to the label size."""
+    logits = model(images)
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+
+
+def set_bn_eval(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class SegTrainer:
+    """SGD + poly decay + optional AMP and noisy-masked augmentation around one segmenter.
+
+    ``step(it, batches)`` sums the cross-entropy of several (images, labels) batches,
+    which is how PTL's L_ft = CE(g(X^n), Y^S) + CE(g(X^S), Y^S) is formed.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        total_iterations: int,
+        device: torch.device,
+        seed: int = 0,
+        amp: bool = True,
+        freeze_bn: bool = False,
+        noisy_masked: NoisyMaskedAugment | None = None,
+    ) -> None:
+        self.model = model.to(device)
+        self.device = device
+        self.cfg = optim
+        self.total = total_iterations
+        self.seed = seed
+        self.amp = amp and device.type == "cuda"
+        self.freeze_bn = freeze_bn
+        self.noisy_masked = noisy_masked
+        groups = model.param_groups(optim.lr)
+        self.optimizer = torch.optim.SGD(
+            groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
+
+    def lr_at(self, it: int) -> float:
+        return self.cfg.lr * (1 - min(it, self.total) / self.total) ** self.cfg.poly_power
+
+    def _set_lr(self, it: int) -> float:
+        lr = self.lr_at(it)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        return lr
+
+    def step(self, it: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """One optimisation step at iteration ``it`` (0-based) on the sum of the batch losses."""
+        self.model.train()
+        if self.freeze_bn:
+            set_bn_eval(self.model)
+        torch.manual_seed(step_seed(self.seed, it, 1))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, it, 2))
+        lr = self._set_lr(it)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts, n_aug = [], 0
+        for images, labels in batches:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.noisy_masked is not None:
+                images, labels, k = self.noisy_masked(images, labels, gen)
+                n_aug += k
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                parts.append(seg_loss(self.model, images, labels))
+        loss = torch.stack(parts).sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {it} (parts {[p.item() for p in parts]}); "
+                "lower the learning rate or check the data; no checkpoint was written"
+            )
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "parts": [p.item() for p in parts], "lr": lr, "augmented": n_aug}
+
+    def save(self, path: Path, it: int, meta: dict | None = None) -> Path:
+        m = dict(meta or {})
+        m["iteration"] = it
+        return save_checkpoint(path, {"model": self.model}, self.optimizer, m)
+
+    def load(self, path: Path) -> int:
+        meta = load_checkpoint(path, {"model": self.model}, self.optimizer, device=self.device)
+        return int(meta["iteration"])
+
+
+def make_loader(
+    dataset: FolderDataset, batch_size: int, seed: int, start: int, stop: int, num_workers: int
+) -> torch.utils.data.DataLoader:
+    sampler = StreamBatchSampler(len(dataset), batch_size, seed, start, stop)
+    return torch.utils.data.DataLoader(
+        StreamDataset(dataset),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def segmenter_meta(cfg_model: SegModelConfig, num_classes: int, class_names) -> dict:
+    return {"arch": cfg_model.arch, "num_classes": num_classes, "class_names": list(class_names)}
+
+
+def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train on ``cfg.source``; resumes from ``out/checkpoints/last.safetensors``.
+
+    Writes ``out/checkpoints/final.safetensors`` (weights only, with arch metadata) and
+    ``out/metrics.json``; returns the metrics.
+    """
+    run = RunDir(out, "train-seg").open(cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every"))
+    final = run.ckpt_dir / "final.safetensors"
+    done = run.read_metrics()
+    if final.is_file() and done and done.get("iterations") == cfg.iterations:
+        run.logger.info("already trained: %s", final)
+        return done
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    a = cfg.aug
+    tf = train_transform(
+        crop=tuple(a.crop) if a.crop else None,
+        resize=tuple(a.resize) if a.resize else None,
+        scale=tuple(a.scale) if a.scale else None,
+        hflip=a.hflip,
+    )
+    ds = FolderDataset(cfg.source.root, cfg.source.split, "required", tf, cfg.on_error, seed=cfg.seed)
+    model = build_segmenter(cfg.model.arch, ds.classes.num_classes, pretrained=_pretrained(cfg.model.pretrained))
+    nm = None
+    if cfg.noisy_masked.prob > 0:
+        nm = NoisyMaskedAugment(DDPMSchedule(), cfg.noisy_masked.prob, cfg.noisy_masked.max_timestep)
+    trainer = SegTrainer(
+        model, cfg.optim, cfg.iterations, device, cfg.seed, cfg.amp, cfg.model.freeze_bn, nm
+    )
+    meta = segmenter_meta(cfg.model, ds.classes.num_classes, ds.classes.names)
+    last = run.ckpt_dir / "last.safetensors"
+    start = trainer.load(last) if last.is_file() else 0
+    if start:
+        run.logger.info("resuming from iteration %d", start)
+    history = _load_history(run.path)
+    loader = make_loader(ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers)
+    bar = tqdm(total=cfg.iterations, initial=start, desc="train-seg", disable=not progress, dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    it = start
+    for it, batch in enumerate(loader, start=start):
+        stats = trainer.step(it, [(batch["image"], batch["label"])])
+        seen += batch["image"].shape[0]
+        ips = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", img_s=f"{ips:.1f}")
+        bar.update(1)
+        history.append((it, stats["loss"]))
+        if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            trainer.save(last, it + 1, meta)
+            _save_history(run.path, history)
+            run.logger.info("iteration %d loss %.4f lr %.3e %.1f img/s", it + 1, stats["loss"], stats["lr"], ips)
+    bar.close()
+    if ds.skipped:
+        run.logger.warning("skipped %d bad samples: %s", len(ds.skipped), ds.skipped)
+    save_checkpoint(final, {"model": trainer.model}, None, meta | {"iteration": cfg.iterations})
+    trainer.save(last, cfg.iterations, meta)
+    _save_history(run.path, history)
+    losses = [l for _, l in history]
+    k = max(1, len(losses) // 10)
+    metrics = {
+        "stage": "train-seg",
+        "iterations": cfg.iterations,
+        "arch": cfg.model.arch,
+        "loss_first": float(sum(losses[:k]) / k) if losses else math.nan,
+        "loss_last": float(sum(losses[-k:]) / k) if losses else math.nan,
+        "skipped_samples": ds.skipped,
+        "checkpoint": str(final),
+        "device": str(device),
+    }
+    run.write_metrics(metrics)
+    run.logger.info("done: %s", metrics)
+    return metrics
+
+
+def _pretrained(v: str) -> bool | str:
+    if v in ("none", "", "false", "False"):
+        return False
+    if v in ("imagenet", "true", "True"):
+        return True
+    return v
+
+
+def _load_history(path: Path) -> list[tuple[int, float]]:
+    f = path / "loss_history.json"
+    if not f.is_file():
+        return []
+    from diffdass.utils.io import read_json
+
+    return [tuple(x) for x in read_json(f)]
+
+
+def _save_history(path: Path, history) -> None:
+    from diffdass.utils.io import write_json
+
+    write_json(path / "loss_history.json", [list(h) for h in history])

@@ -1,0 +1,1 @@
+"""The ``diffdass`` command line (typer)."""

@@ -1,0 +1,114 @@
+"""Evaluate a segmenter on a labeled split: confusion-matrix mIoU, per-class IoU table,
+colourised predictions.
+
+Protocol (``shared/PROTOCOL.md``): the image may be fed at a reduced ``input_size``
+(Cityscapes: 1024x512), and the logits are upsampled bilinearly to the full label
+resolution before the arg-max. Every metrics file states which checkpoint was scored;
+we always score the *last* checkpoint of a run, never the best one on target val.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from diffdass.data.folder import FolderDataset
+from diffdass.data.labels import CLASS_SETS, colorize
+from diffdass.evaluation.metrics import ConfusionMatrix
+from diffdass.utils.io import save_image
+
+
+def resolve_class_sets(names: list[str] | tuple[str, ...], num_classes: int) -> dict[str, tuple[int, ...]]:
+    """``"all"`` -> every class; ``"19"``/``"16"``/``"13"`` -> the Cityscapes subsets."""
+    out = {}
+    for name in names:
+        if name == "all":
+            out[f"all{num_classes}"] = tuple(range(num_classes))
+            continue
+        if name not in CLASS_SETS:
+            raise ValueError(f"unknown class set {name!r}; use 'all' or one of {sorted(CLASS_SETS)}")
+        ids = CLASS_SETS[name]
+        if max(ids) >= num_classes:
+            raise ValueError(
+                f"class set {name} needs the 19 Cityscapes classes but the dataset has {num_classes}"
+            )
+        out[name] = ids
+    return out
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, out_size, input_size=None, amp: bool = False):
+    """Logits upsampled to ``out_size`` (H, W); images optionally resized to ``input_size`` first."""
+    if input_size is not None and tuple(images.shape[-2:]) != tuple(input_size):
+        images = F.interpolate(images, size=tuple(input_size), mode="bilinear", align_corners=False)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and images.is_cuda):
+        logits = model(images)
+    return F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: FolderDataset,
+    class_sets=("19",),
+    device: torch.device | str = "cpu",
+    input_size=None,
+    pred_dir: str | Path | None = None,
+    n_save: int = 16,
+    progress: bool = True,
+    amp: bool = False,
+) -> dict:
+    """Score ``model`` on ``dataset`` (which must be labeled, without augmentation)."""
+    nc = dataset.classes.num_classes
+    model_nc = getattr(model, "num_classes", nc)
+    if model_nc != nc:
+        raise ValueError(
+            f"wrong class count: the model predicts {model_nc} classes, the dataset "
+            f"{dataset.root} has {nc} (classes.yaml)"
+        )
+    if not dataset.has_labels:
+        raise ValueError(f"{dataset.root / dataset.split}: evaluation needs labels for every image")
+    sets = resolve_class_sets(list(class_sets), nc)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    cm = ConfusionMatrix(nc, dataset.classes.ignore_index)
+    saved = 0
+    t0 = time.perf_counter()
+    for i in tqdm(range(len(dataset)), desc="evaluate", disable=not progress, dynamic_ncols=True):
+        item = dataset[i]
+        img = item["image"][None].to(device)
+        lbl = item["label"]
+        logits = predict(model, img, lbl.shape[-2:], input_size, amp)
+        pred = logits.argmax(1)[0].cpu()
+        cm.update(pred, lbl)
+        if pred_dir is not None and (n_save < 0 or saved < n_save):
+            save_image(Path(pred_dir) / f"{item['stem']}.png", colorize(pred.numpy().astype(np.uint8), dataset.classes.palette))
+            saved += 1
+    iou = cm.iou() * 100
+    out = {
+        "miou": {name: float(cm.miou(ids)) * 100 for name, ids in sets.items()},
+        "per_class_iou": {
+            n: (None if np.isnan(iou[c]) else float(iou[c])) for c, n in enumerate(dataset.classes.names)
+        },
+        "pixel_accuracy": float(cm.pixel_accuracy()) * 100,
+        "class_sets": {name: list(ids) for name, ids in sets.items()},
+    }
+    out["images"] = len(dataset)
+    out["seconds"] = time.perf_counter() - t0
+    out["table"] = format_iou_table(cm, dataset.classes.names, sets)
+    return out
+
+
+def format_iou_table(cm: ConfusionMatrix, names, sets: dict[str, tuple[int, ...]]) -> str:
+    """Markdown table of per-class IoU (%) and the mIoU of each class set."""
+    iou = cm.iou() * 100
+    rows = ["| class | IoU |", "|---|---:|"]
+    for c, n in enumerate(names):
+        rows.append(f"| {n} | {'n/a' if np.isnan(iou[c]) else f'{iou[c]:.1f}'} |")
+    for name, ids in sets.items():
+        rows.append(f"| **mIoU{'' if name.startswith('all') else name}** | **{cm.miou(ids) * 100:.1f}** |")
+    return "\n".join(rows)

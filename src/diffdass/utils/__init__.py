@@ -1,0 +1,1 @@
+"""Run directories, configuration, atomic file I/O and seeding."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny folder datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffdass.data.folder import ClassInfo
+from diffdass.utils.io import save_image
+
+torch.set_num_threads(2)
+
+
+def write_folder_dataset(
+    root: Path,
+    split: str = "train",
+    n: int = 6,
+    size: tuple[int, int] = (16, 32),
+    num_classes: int = 4,
+    labels: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A tiny labeled dataset whose class is readable from the colour (learnable)."""
+    rng = np.random.default_rng(seed)
+    if not (root / "classes.yaml").is_file():
+        ClassInfo.create([f"class{i}" for i in range(num_classes)]).save(root)
+    colours = np.linspace(0, 255, num_classes).astype(np.uint8)
+    for i in range(n):
+        h, w = size
+        lbl = np.zeros((h, w), np.uint8)
+        # vertical bands of classes, random widths
+        cuts = np.sort(rng.integers(1, w, size=num_classes - 1))
+        for c, (a, b) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, w], strict=True)):
+            lbl[:, a:b] = c
+        lbl[0, 0] = 255
+        img = np.stack([colours[lbl % num_classes], 255 - colours[lbl % num_classes], rng.integers(0, 40, (h, w))], -1)
+        img = img.astype(np.uint8)
+        save_image(root / split / "images" / f"img{i:03d}.png", img)
+        if labels:
+            save_image(root / split / "labels" / f"img{i:03d}.png", lbl)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return write_folder_dataset(tmp_path / "ds")
