@@ -32,7 +32,7 @@ from diffdass.data.transforms import train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
-from diffdass.utils.config import ConfigError
+from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
 from diffdass.utils.run import RunDir
 
@@ -188,6 +188,7 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
     Writes ``out/checkpoints/final.safetensors`` (weights only, with arch metadata) and
     ``out/metrics.json``; returns the metrics.
     """
+    validate_tree(cfg)
     run = RunDir(out, "train-seg").open(cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every"))
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()

@@ -172,6 +172,174 @@ def _parse_size(s: str | None):
     return (h, w)
 
 
+@app.command("train-ddpm")
+@friendly_errors
+def train_ddpm_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    target_root: Annotated[str | None, typer.Option(help="Target folder dataset root (labels unused).")] = None,
+    target_split: Annotated[str | None, typer.Option(help="Split of the target root.")] = None,
+    unet: Annotated[str | None, typer.Option(help="UNet preset: tiny | small | ddpm256.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Training iterations.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (paper: 4).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 2e-5).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Train the unconditional target-domain DDPM (EMA, sample grids, resumable)."""
+    from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
+
+    cfg = build_config(
+        TrainDDPMConfig,
+        config,
+        sets,
+        {
+            "target.root": target_root,
+            "target.split": target_split,
+            "unet": unet,
+            "iterations": iterations,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "device": device,
+        },
+    )
+    typer.echo(json.dumps(train_ddpm(cfg, out, progress=not quiet), indent=2, default=str))
+
+
+@app.command()
+@friendly_errors
+def translate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (dataset/ and previews/).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    source_root: Annotated[str | None, typer.Option(help="Labeled source folder dataset root.")] = None,
+    source_split: Annotated[str | None, typer.Option(help="Split to translate.")] = None,
+    ddpm: Annotated[str | None, typer.Option(help="train-ddpm checkpoint.")] = None,
+    segmenter: Annotated[str | None, typer.Option(help="Segmenter checkpoint for guidance.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Diffusion depth n (steps).")] = None,
+    guidance: Annotated[str | None, typer.Option(help="none | gsg | lcg | sgg")] = None,
+    scale: Annotated[float | None, typer.Option(help="Guidance scale lambda (paper: 80).")] = None,
+    arrangement: Annotated[
+        str | None, typer.Option(help="alternate | lcg_then_gsg | gsg_then_lcg | random")
+    ] = None,
+    lcg_mode: Annotated[str | None, typer.Option(help="batched | loop | single_pass")] = None,
+    respace_steps: Annotated[int | None, typer.Option(help="Reverse in this many model calls.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Translate only the first N images.")] = None,
+    score_with: Annotated[
+        Path | None, typer.Option(help="Segmenter checkpoint for the label-consistency score.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Translate a labeled source split with the target DDPM and semantic gradient guidance."""
+    from diffdass.adaptation.translation import TranslateConfig, translate_dataset
+
+    cfg = build_config(
+        TranslateConfig,
+        config,
+        sets,
+        {
+            "source.root": source_root,
+            "source.split": source_split,
+            "ddpm": ddpm,
+            "segmenter": segmenter,
+            "n": n,
+            "guidance.kind": guidance,
+            "guidance.scale": scale,
+            "guidance.arrangement": arrangement,
+            "guidance.lcg_mode": lcg_mode,
+            "respace_steps": respace_steps,
+            "limit": limit,
+            "seed": seed,
+            "device": device,
+        },
+    )
+    res = translate_dataset(cfg, out, progress=not quiet)
+    if score_with is not None:
+        from diffdass.evaluation.consistency import label_consistency
+
+        res["label_consistency"] = label_consistency(score_with, Path(res["dataset"]), cfg.source.split, cfg.device)
+        from diffdass.utils.io import write_json
+
+        write_json(out / "metrics.json", res)
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
+@app.command()
+@friendly_errors
+def ptl(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    source_root: Annotated[str | None, typer.Option(help="Labeled source folder dataset root.")] = None,
+    init: Annotated[str | None, typer.Option(help="g_0 checkpoint (train-seg).")] = None,
+    ddpm: Annotated[str | None, typer.Option(help="Target DDPM checkpoint (train-ddpm).")] = None,
+    n_max: Annotated[int | None, typer.Option(help="N: deepest domain (paper: 600).")] = None,
+    domains: Annotated[str | None, typer.Option(help="every (paper) | spread")] = None,
+    num_domains: Annotated[int | None, typer.Option(help="K domains for 'spread'.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Progressive Translation Learning: walk domains n = 1..N, fine-tuning g on each."""
+    from diffdass.adaptation.ptl import PTLConfig, run_ptl
+
+    cfg = build_config(
+        PTLConfig,
+        config,
+        sets,
+        {
+            "source.root": source_root,
+            "init": init,
+            "ddpm": ddpm,
+            "n_max": n_max,
+            "domains": domains,
+            "num_domains": num_domains,
+            "seed": seed,
+            "device": device,
+        },
+    )
+    typer.echo(json.dumps(run_ptl(cfg, out, progress=not quiet), indent=2, default=str))
+
+
+@app.command()
+@friendly_errors
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False),
+    ] = None,
+    sets: SetOpt = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output directory.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of every stage.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """The whole pipeline: [benchmark] -> source-only -> DDPM -> PTL -> evaluation -> report.
+
+    Stages whose outputs exist are reused, so re-running continues an interrupted job.
+    """
+    from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig, run_pipeline
+
+    cfg = build_config(
+        PipelineConfig,
+        config or DEFAULT_CONFIG,
+        sets,
+        {"out": out, "seed": seed, "device": device},
+    )
+    summary = run_pipeline(cfg, progress=not quiet, echo=typer.echo)
+    m = summary["miou"]
+    cs = summary["class_set"]
+    typer.echo(f"target mIoU{cs} (last checkpoints): source-only {m['source_only']:.1f}  ->  g_N {m['ptl']:.1f}")
+    if "oracle" in m:
+        typer.echo(f"target-trained oracle (for scale): {m['oracle']:.1f}")
+    typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
+
+
 @app.command()
 def models():
     """List the segmenter architectures and DDPM UNet presets."""

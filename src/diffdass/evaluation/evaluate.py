@@ -23,7 +23,9 @@ from diffdass.evaluation.metrics import ConfusionMatrix
 from diffdass.utils.io import save_image
 
 
-def resolve_class_sets(names: list[str] | tuple[str, ...], num_classes: int) -> dict[str, tuple[int, ...]]:
+def resolve_class_sets(
+    names: list[str] | tuple[str, ...], num_classes: int
+) -> dict[str, tuple[int, ...]]:
     """``"all"`` -> every class; ``"19"``/``"16"``/``"13"`` -> the Cityscapes subsets."""
     out = {}
     for name in names:
@@ -31,7 +33,9 @@ def resolve_class_sets(names: list[str] | tuple[str, ...], num_classes: int) -> 
             out[f"all{num_classes}"] = tuple(range(num_classes))
             continue
         if name not in CLASS_SETS:
-            raise ValueError(f"unknown class set {name!r}; use 'all' or one of {sorted(CLASS_SETS)}")
+            raise ValueError(
+                f"unknown class set {name!r}; use 'all' or one of {sorted(CLASS_SETS)}"
+            )
         ids = CLASS_SETS[name]
         if max(ids) >= num_classes:
             raise ValueError(
@@ -42,7 +46,9 @@ def resolve_class_sets(names: list[str] | tuple[str, ...], num_classes: int) -> 
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, out_size, input_size=None, amp: bool = False):
+def predict(
+    model: torch.nn.Module, images: torch.Tensor, out_size, input_size=None, amp: bool = False
+):
     """Logits upsampled to ``out_size`` (H, W); images optionally resized to ``input_size`` first."""
     if input_size is not None and tuple(images.shape[-2:]) != tuple(input_size):
         images = F.interpolate(images, size=tuple(input_size), mode="bilinear", align_corners=False)
@@ -86,13 +92,17 @@ def evaluate(
         pred = logits.argmax(1)[0].cpu()
         cm.update(pred, lbl)
         if pred_dir is not None and (n_save < 0 or saved < n_save):
-            save_image(Path(pred_dir) / f"{item['stem']}.png", colorize(pred.numpy().astype(np.uint8), dataset.classes.palette))
+            save_image(
+                Path(pred_dir) / f"{item['stem']}.png",
+                colorize(pred.numpy().astype(np.uint8), dataset.classes.palette),
+            )
             saved += 1
     iou = cm.iou() * 100
     out = {
         "miou": {name: float(cm.miou(ids)) * 100 for name, ids in sets.items()},
         "per_class_iou": {
-            n: (None if np.isnan(iou[c]) else float(iou[c])) for c, n in enumerate(dataset.classes.names)
+            n: (None if np.isnan(iou[c]) else float(iou[c]))
+            for c, n in enumerate(dataset.classes.names)
         },
         "pixel_accuracy": float(cm.pixel_accuracy()) * 100,
         "class_sets": {name: list(ids) for name, ids in sets.items()},
@@ -110,5 +120,7 @@ def format_iou_table(cm: ConfusionMatrix, names, sets: dict[str, tuple[int, ...]
     for c, n in enumerate(names):
         rows.append(f"| {n} | {'n/a' if np.isnan(iou[c]) else f'{iou[c]:.1f}'} |")
     for name, ids in sets.items():
-        rows.append(f"| **mIoU{'' if name.startswith('all') else name}** | **{cm.miou(ids) * 100:.1f}** |")
+        rows.append(
+            f"| **mIoU{'' if name.startswith('all') else name}** | **{cm.miou(ids) * 100:.1f}** |"
+        )
     return "\n".join(rows)

@@ -1,0 +1,306 @@
+"""Progressive Translation Learning (paper Sec. 4.3, Eq. 11-12).
+
+For domains n_1 < n_2 < ... < n_K (paper: n = 1..N, N = 600):
+
+1. translate the source images that this domain's fine-tuning consumes with ``n_k``
+   diffusion steps and ``n_k`` guided reverse steps, guided by ``g_{k-1}`` (frozen copy);
+2. fine-tune ``g`` for ``iterations_per_domain`` steps on
+   ``L_ft = CE(g(X^n), Y^S) + CE(g(X^S), Y^S)`` (the second term, L_src, can be switched
+   off: Table 3), keeping ``g_k``.
+
+``g_K`` is the final model. Domain schedules:
+
+- ``every``: n = 1, 2, ..., n_max (the paper). Cost in reverse image-steps:
+  ``iterations_per_domain * batch_size * n_max (n_max + 1) / 2``.
+- ``spread``: K domains at n_k = round(k n_max / K), each reversed in at most
+  ``reverse_steps`` respaced model calls; cost ``I * B * sum_k min(n_k, reverse_steps)``.
+
+The run is resumable at domain granularity: a checkpoint is written after each domain, and
+everything random in domain k (batch order, augmentation, translation noise, RandMix
+arrangement, dropout) is seeded from ``(seed, k)`` / ``(seed, iteration)``, so a run killed
+at any moment (mid-domain included) ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffdass.adaptation.augment import NoisyMaskedAugment
+from diffdass.adaptation.config import AugConfig, NoisyMaskedConfig, OptimConfig
+from diffdass.adaptation.seg_training import SegTrainer, segmenter_meta
+from diffdass.adaptation.translation import GuidanceConfig, batch_generator, translate_batch
+from diffdass.data.folder import DomainSpec, FolderDataset, StreamBatchSampler, StreamDataset, tensor_to_image
+from diffdass.data.transforms import Resize, train_transform
+from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
+from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.utils.io import read_json, save_image, write_json
+from diffdass.utils.run import RunDir
+
+
+@dataclass
+class PTLConfig:
+    """``diffdass ptl``: progressive translation learning from a source-only model g_0."""
+
+    source: DomainSpec = field(default_factory=DomainSpec)
+    val: DomainSpec | None = None  # optional labeled target split: mIoU of g_n along n
+    init: str = ""  # g_0 checkpoint (train-seg)
+    ddpm: str = ""  # target DDPM checkpoint (train-ddpm)
+    domains: str = "every"  # every (paper) | spread
+    n_max: int = 600  # N
+    num_domains: int | None = None  # K for "spread" (default: n_max)
+    reverse_steps: int | None = None  # respaced reverse calls per translation (spread only)
+    iterations_per_domain: int = 300
+    batch_size: int = 2
+    loss_src: bool = True  # L_ft = L_ada + L_src (Eq. 12); False: L_ada only (Table 3)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    noisy_masked: NoisyMaskedConfig = field(default_factory=NoisyMaskedConfig)
+    freeze_bn: bool = False
+    translate_batch_size: int = 8
+    eval_every: int = 0  # evaluate g_k on `val` every this many domains (0: only at the end)
+    eval_input_size: list[int] | None = None
+    class_sets: list[str] = field(default_factory=lambda: ["19"])
+    strip_images: int = 2  # source images whose translation across domains is saved (Fig. 4)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.domains not in ("every", "spread"):
+            raise ConfigError(f"domains must be 'every' or 'spread', got {self.domains!r}")
+        if self.n_max < 1 or self.iterations_per_domain < 1 or self.batch_size < 1:
+            raise ConfigError("n_max, iterations_per_domain and batch_size must be positive")
+        if self.num_domains is not None and not 1 <= self.num_domains <= self.n_max:
+            raise ConfigError(f"num_domains must lie in 1..n_max ({self.n_max})")
+        if self.domains == "every" and self.reverse_steps is not None:
+            raise ConfigError("reverse_steps applies to domains='spread' only (every: n reverse steps)")
+
+    def levels(self) -> list[int]:
+        """The noise depth n_k of every domain, in order."""
+        if self.domains == "every":
+            return list(range(1, self.n_max + 1))
+        k = self.num_domains or self.n_max
+        lv = [max(1, round((i + 1) * self.n_max / k)) for i in range(k)]
+        return sorted(set(lv))
+
+    def reverse_calls(self, n: int) -> int:
+        return min(n, self.reverse_steps) if self.reverse_steps else n
+
+    def cost(self) -> int:
+        """Reverse image-steps spent on translation over the whole run."""
+        per = self.iterations_per_domain * self.batch_size
+        return int(sum(per * self.reverse_calls(n) for n in self.levels()))
+
+
+def _domain_seed(seed: int, k: int, stream: int) -> int:
+    return int(np.random.default_rng([seed, 5151, stream, k]).integers(0, 2**31 - 1))
+
+
+def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) PTL; writes ``checkpoints/final.safetensors`` = g_K and metrics."""
+    validate_tree(cfg)
+    from diffdass.diffusion.training import load_ddpm
+    from diffdass.evaluation.evaluate import evaluate
+    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.utils.device import resolve_device
+
+    if not cfg.init or not cfg.ddpm:
+        raise ConfigError("PTL needs `init` (g_0 checkpoint) and `ddpm` (target DDPM checkpoint)")
+    run = RunDir(out, "ptl").open(cfg, resume_ignore=("num_workers", "eval_every"))
+    final = run.ckpt_dir / "final.safetensors"
+    done = run.read_metrics()
+    if final.is_file() and done and done.get("complete"):
+        run.logger.info("already complete: %s", final)
+        return done
+    device = resolve_device(cfg.device)
+    unet, dmeta = load_ddpm(cfg.ddpm, device)
+    schedule = DDPMSchedule(num_timesteps=int(dmeta.get("num_timesteps", 1000)))
+    if cfg.n_max > schedule.num_timesteps:
+        raise ConfigError(f"n_max {cfg.n_max} exceeds the DDPM's {schedule.num_timesteps} timesteps")
+    model, smeta = load_segmenter(cfg.init, device)
+    a = cfg.aug
+    if a.crop is None and a.resize is None:
+        raise ConfigError("PTL batches translations: set aug.crop or aug.resize to a fixed size")
+    tf = train_transform(
+        crop=tuple(a.crop) if a.crop else None,
+        resize=tuple(a.resize) if a.resize else None,
+        scale=tuple(a.scale) if a.scale else None,
+        hflip=a.hflip,
+    )
+    ds = FolderDataset(cfg.source.root, cfg.source.split, "required", tf, seed=cfg.seed)
+    if smeta["num_classes"] != ds.classes.num_classes:
+        raise ValueError(
+            f"wrong class count: {cfg.init} predicts {smeta['num_classes']} classes, "
+            f"{cfg.source.root} has {ds.classes.num_classes}"
+        )
+    levels = cfg.levels()
+    total_iters = len(levels) * cfg.iterations_per_domain
+    nm = None
+    if cfg.noisy_masked.prob > 0:
+        nm = NoisyMaskedAugment(schedule, cfg.noisy_masked.prob, min(cfg.noisy_masked.max_timestep, schedule.num_timesteps))
+    trainer = SegTrainer(model, cfg.optim, total_iters, device, cfg.seed, cfg.amp, cfg.freeze_bn, nm)
+    meta = segmenter_meta_from(smeta)
+    last = run.ckpt_dir / "last.safetensors"
+    start_k = 0
+    if last.is_file():
+        m = load_checkpoint(last, {"model": trainer.model}, trainer.optimizer, device=device)
+        start_k = int(m["domain"])
+        run.logger.info("resuming after domain %d of %d", start_k, len(levels))
+    hist_path = run.path / "domains.json"
+    history = read_json(hist_path)[:start_k] if hist_path.is_file() else []
+    val_ds = FolderDataset(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
+    strip_ds = FolderDataset(cfg.source.root, cfg.source.split, "required", Resize(*_fixed_size(ds, a)))
+    strip_idx = list(range(min(cfg.strip_images, len(strip_ds))))
+    run.logger.info(
+        "PTL: %d domains (n = %s), %d iterations each, translation cost %d reverse image-steps",
+        len(levels),
+        _levels_repr(levels),
+        cfg.iterations_per_domain,
+        cfg.cost(),
+    )
+    bar = tqdm(total=len(levels), initial=start_k, desc="PTL", unit="domain", disable=not progress, dynamic_ncols=True)
+    t_run = time.perf_counter()
+    imgs_done = 0
+    for k in range(start_k, len(levels)):
+        n = levels[k]
+        rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device)
+        imgs_done += rec["translated_images"]
+        if strip_idx:
+            _save_strip(cfg, k, n, strip_ds, strip_idx, trainer.model, unet, schedule, device, run.path)
+        if val_ds is not None and cfg.eval_every and ((k + 1) % cfg.eval_every == 0) and k + 1 < len(levels):
+            res = evaluate(trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False)
+            rec["val_miou"] = res["miou"]
+            trainer.model.train()
+        history.append(rec)
+        # domain k is complete: the checkpoint and history move together
+        save_checkpoint(last, {"model": trainer.model}, trainer.optimizer, meta | {"domain": k + 1, "n": n})
+        write_json(hist_path, history)
+        el = time.perf_counter() - t_run
+        bar.set_postfix(n=n, loss=f"{rec['loss']:.3f}", img_s=f"{imgs_done / max(el, 1e-9):.2f}")
+        bar.update(1)
+        run.logger.info("domain %d/%d n=%d loss %.4f (%.1fs)", k + 1, len(levels), n, rec["loss"], rec["seconds"])
+    bar.close()
+    save_checkpoint(final, {"model": trainer.model}, None, meta | {"domain": len(levels), "n": levels[-1]})
+    metrics = {
+        "stage": "ptl",
+        "complete": True,
+        "domains": len(levels),
+        "levels": levels,
+        "iterations_per_domain": cfg.iterations_per_domain,
+        "translation_cost_image_steps": cfg.cost(),
+        "guidance": cfg.guidance.kind,
+        "loss_src": cfg.loss_src,
+        "seconds": sum(r["seconds"] for r in history),
+        "checkpoint": str(final),
+        "checkpoint_kind": "last",
+    }
+    if val_ds is not None:
+        res = evaluate(trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False)
+        metrics["val"] = {k: v for k, v in res.items() if k != "table"}
+        history[-1]["val_miou"] = res["miou"]
+        write_json(hist_path, history)
+    run.write_metrics(metrics)
+    return metrics
+
+
+def segmenter_meta_from(smeta: dict) -> dict:
+    return {k: smeta[k] for k in ("arch", "num_classes", "class_names") if k in smeta}
+
+
+def _fixed_size(ds: FolderDataset, a: AugConfig) -> tuple[int, int]:
+    if a.crop:
+        return tuple(a.crop)
+    return tuple(a.resize)
+
+
+def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> dict:
+    """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune."""
+    t0 = time.perf_counter()
+    I, B = cfg.iterations_per_domain, cfg.batch_size
+    first_it = k * I
+    sampler = StreamBatchSampler(len(ds), B, cfg.seed, first_it, first_it + I)
+    keys = [key for batch in sampler for key in batch]
+    stream = StreamDataset(ds)
+    guide = copy.deepcopy(trainer.model).eval()
+    for p in guide.parameters():
+        p.requires_grad_(False)
+    src_imgs, labels, translated = [], [], []
+    tb = cfg.translate_batch_size
+    for j, s in enumerate(range(0, len(keys), tb)):
+        items = [stream[key] for key in keys[s : s + tb]]
+        x0 = torch.stack([it["image"] for it in items])
+        y = torch.stack([it["label"] for it in items])
+        xg = translate_batch(
+            x0.to(device),
+            y.to(device),
+            n,
+            unet,
+            schedule,
+            guide,
+            cfg.guidance,
+            batch_generator(_domain_seed(cfg.seed, k, 0), j),
+            cfg.reverse_steps if cfg.domains == "spread" else None,
+            seed=_domain_seed(cfg.seed, k, 1) + j,
+        )
+        src_imgs.append(x0.half())
+        labels.append(y)
+        translated.append(xg.cpu().half())
+    del guide
+    t_tr = time.perf_counter() - t0
+    xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
+    losses, parts = [], []
+    for i in range(I):
+        sl = slice(i * B, (i + 1) * B)
+        batches = [(xn[sl].float(), ys[sl])]
+        if cfg.loss_src:
+            batches.append((xs[sl].float(), ys[sl]))
+        st = trainer.step(first_it + i, batches)
+        losses.append(st["loss"])
+        parts.append(st["parts"])
+    pa = np.asarray(parts)
+    return {
+        "domain": k + 1,
+        "n": n,
+        "reverse_steps": cfg.reverse_calls(n) if cfg.domains == "spread" else n,
+        "translated_images": len(keys),
+        "loss": float(np.mean(losses)),
+        "loss_ada": float(pa[:, 0].mean()),
+        "loss_src": float(pa[:, 1].mean()) if cfg.loss_src else None,
+        "translate_seconds": t_tr,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _save_strip(cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_path: Path) -> None:
+    """Translate a few fixed source images at this domain's n (Fig. 4 strips)."""
+    items = [strip_ds[i] for i in idx]
+    x0 = torch.stack([it["image"] for it in items]).to(device)
+    y = torch.stack([it["label"] for it in items]).to(device)
+    was_training = model.training
+    model.eval()
+    xg = translate_batch(
+        x0, y, n, unet, schedule, model, cfg.guidance, batch_generator(_domain_seed(cfg.seed, 0, 9), 0),
+        cfg.reverse_steps if cfg.domains == "spread" else None, seed=cfg.seed,
+    )
+    model.train(was_training)
+    for it, x in zip(items, xg, strict=True):
+        save_image(run_path / "strips" / it["stem"] / f"n{n:04d}.png", tensor_to_image(x))
+        src = run_path / "strips" / it["stem"] / "n0000.png"
+        if not src.is_file():
+            save_image(src, tensor_to_image(it["image"]))
+
+
+def _levels_repr(levels: list[int]) -> str:
+    if len(levels) <= 8:
+        return ", ".join(map(str, levels))
+    return f"{levels[0]}, {levels[1]}, ..., {levels[-1]}"

@@ -1,0 +1,188 @@
+"""``diffdass run``: the whole method as one resumable job.
+
+Stages (each skipped when its artifacts exist, so an interrupted run continues where it
+stopped): built-in benchmark (if enabled) -> source-only g_0 -> [target oracle] ->
+target DDPM -> PTL -> evaluation of g_0 and g_N on target val -> HTML report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffdass.adaptation.ptl import PTLConfig, run_ptl
+from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
+from diffdass.data.folder import DomainSpec, FolderDataset
+from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
+from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.utils.io import read_json, write_json
+from diffdass.utils.run import RunDir
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "benchmark.yaml"
+
+
+@dataclass
+class BenchmarkSpec:
+    """The built-in benchmark; when enabled, it provides source/target/val."""
+
+    enabled: bool = False
+    root: str = ""  # default: <out>/data
+    seed: int = 0
+    height: int = 64
+    width: int = 128
+    n_source: int = 400
+    n_target_train: int = 400
+    n_target_val: int = 100
+
+
+@dataclass
+class EvalSpec:
+    class_sets: list[str] = field(default_factory=lambda: ["19"])
+    input_size: list[int] | None = None  # feed [H, W]; logits upsampled to the label size
+    save_predictions: int = 8
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/benchmark"
+    seed: int = 0
+    device: str = "auto"
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    source: DomainSpec = field(default_factory=DomainSpec)  # labeled source
+    target: DomainSpec = field(default_factory=DomainSpec)  # unlabeled target (train)
+    val: DomainSpec = field(default_factory=lambda: DomainSpec(split="val"))  # labeled target
+    oracle: DomainSpec | None = None  # labeled target train split for an oracle (scale only)
+    evaluation: EvalSpec = field(default_factory=EvalSpec)
+    source_only: TrainSegConfig = field(default_factory=TrainSegConfig)
+    ddpm: TrainDDPMConfig = field(default_factory=TrainDDPMConfig)
+    ptl: PTLConfig = field(default_factory=PTLConfig)
+
+
+def _fill(cfg: PipelineConfig) -> PipelineConfig:
+    """Propagate the shared data sources, seed and device into every stage config."""
+    out = Path(cfg.out)
+    if cfg.benchmark.enabled:
+        root = Path(cfg.benchmark.root or out / "data")
+        cfg.source = DomainSpec(str(root / "source"), "train")
+        cfg.target = DomainSpec(str(root / "target"), "train")
+        cfg.val = DomainSpec(str(root / "target"), "val")
+        if cfg.oracle is not None:
+            cfg.oracle = DomainSpec(str(root / "target"), "train_oracle")
+    for name in ("source", "target", "val"):
+        if not getattr(cfg, name).root:
+            raise ConfigError(f"{name}.root is required (or enable the built-in benchmark)")
+    cfg.source_only.source = cfg.source
+    cfg.ddpm.target = cfg.target
+    cfg.ptl.source = cfg.source
+    cfg.ptl.val = cfg.val
+    cfg.ptl.class_sets = cfg.evaluation.class_sets
+    cfg.ptl.eval_input_size = cfg.evaluation.input_size
+    cfg.ptl.init = str(out / "source_only" / "checkpoints" / "final.safetensors")
+    cfg.ptl.ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
+    for stage in (cfg.source_only, cfg.ddpm, cfg.ptl):
+        stage.seed = cfg.seed
+        stage.device = cfg.device
+    validate_tree(cfg.source_only)
+    validate_tree(cfg.ddpm)
+    validate_tree(cfg.ptl)
+    return cfg
+
+
+def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, device: str) -> dict:
+    """Score a segmenter checkpoint on the labeled target split (cached in out/metrics.json)."""
+    from diffdass.evaluation.evaluate import evaluate
+    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.utils.device import resolve_device
+
+    mpath = out / "metrics.json"
+    if mpath.is_file() and mpath.stat().st_mtime >= ckpt.stat().st_mtime:
+        return read_json(mpath)
+    dev = resolve_device(device)
+    model, _ = load_segmenter(ckpt, dev)
+    ds = FolderDataset(val.root, val.split, "required")
+    res = evaluate(
+        model, ds, ev.class_sets, dev, ev.input_size, out / "predictions", ev.save_predictions, progress=False
+    )
+    res |= {"checkpoint": str(ckpt), "checkpoint_kind": "last", "dataset": f"{val.root}:{val.split}"}
+    write_json(mpath, res)
+    return res
+
+
+def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict:
+    """Run every stage; returns the summary written to ``<out>/summary.json``."""
+    out = Path(cfg.out)
+    run = RunDir(out, "run")
+    times: dict[str, float] = {}
+    summary_path = out / "summary.json"
+    prev = read_json(summary_path) if summary_path.is_file() else {}
+    times.update(prev.get("seconds", {}))
+
+    def stage(name, fn):
+        echo(f"[diffdass] stage: {name}")
+        t = time.perf_counter()
+        res = fn()
+        times[name] = times.get(name, 0.0) + (time.perf_counter() - t)
+        return res
+
+    if cfg.benchmark.enabled:
+        from diffdass.data.benchmark import generate_benchmark
+
+        b = cfg.benchmark
+        root = Path(b.root or out / "data")
+        stage(
+            "benchmark",
+            lambda: generate_benchmark(
+                root,
+                seed=b.seed,
+                height=b.height,
+                width=b.width,
+                n_source=b.n_source,
+                n_target_train=b.n_target_train,
+                n_target_val=b.n_target_val,
+                progress=progress,
+            ),
+        )
+    cfg = _fill(cfg)
+    run.open(cfg, resume_ignore=())
+    ev, dev = cfg.evaluation, cfg.device
+    stage("source_only", lambda: train_segmenter(cfg.source_only, out / "source_only", progress))
+    g0 = out / "source_only" / "checkpoints" / "final.safetensors"
+    res0 = stage("eval_source_only", lambda: evaluate_checkpoint(g0, cfg.val, ev, out / "source_only" / "eval", dev))
+    oracle_res = None
+    if cfg.oracle is not None:
+        import dataclasses
+
+        ocfg = dataclasses.replace(cfg.source_only, source=cfg.oracle)
+        stage("oracle", lambda: train_segmenter(ocfg, out / "oracle", progress))
+        go = out / "oracle" / "checkpoints" / "final.safetensors"
+        oracle_res = stage("eval_oracle", lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev))
+    stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
+    stage("ptl", lambda: run_ptl(cfg.ptl, out / "ptl", progress))
+    gN = out / "ptl" / "checkpoints" / "final.safetensors"
+    resN = stage("eval_ptl", lambda: evaluate_checkpoint(gN, cfg.val, ev, out / "ptl" / "eval", dev))
+    main_set = next(iter(resN["miou"]))
+    summary = {
+        "class_set": main_set,
+        "miou": {
+            "source_only": res0["miou"][main_set],
+            "ptl": resN["miou"][main_set],
+            **({"oracle": oracle_res["miou"][main_set]} if oracle_res else {}),
+        },
+        "miou_all_sets": {"source_only": res0["miou"], "ptl": resN["miou"]},
+        "checkpoint_kind": "last",
+        "seconds": times,
+    }
+    write_json(summary_path, summary)
+    stage("report", lambda: _report(out, summary))
+    summary["seconds"] = times
+    write_json(summary_path, summary)
+    return summary
+
+
+def _report(out: Path, summary: dict) -> Path | None:
+    try:
+        from diffdass.evaluation.report import write_report
+    except ImportError:  # report module not available
+        return None
+    return write_report(out)

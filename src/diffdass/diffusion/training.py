@@ -1,0 +1,230 @@
+"""Training of the unconditional target-domain DDPM (paper Sec. 3 and 4.4, Eq. 5).
+
+``diffdass train-ddpm``: a diffusers ``UNet2DModel`` trained with the simple loss
+``||eps_theta(x_t, t) - eps||^2`` on the (unlabeled) target images only, Adam with
+lr 2e-5 and betas (0.9, 0.99) as in the paper, an EMA copy of the weights that is used for
+all sampling and translation, bf16 autocast on GPU, periodic sample grids, safetensors
+checkpoints and exact resume (batch order, augmentation and noise of iteration ``it``
+depend only on ``(seed, it)``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffdass.data.folder import (
+    DomainSpec,
+    FolderDataset,
+    StreamBatchSampler,
+    StreamDataset,
+    tensor_to_image,
+)
+from diffdass.data.transforms import train_transform
+from diffdass.diffusion.sampler import as_eps_fn, reverse
+from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.models.ema import EMA
+from diffdass.models.unet import build_unet
+from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
+from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.utils.device import resolve_device
+from diffdass.utils.io import save_image
+from diffdass.utils.run import RunDir
+
+
+@dataclass
+class TrainDDPMConfig:
+    """``diffdass train-ddpm``: unconditional DDPM on target images."""
+
+    target: DomainSpec = field(default_factory=DomainSpec)
+    unet: str = "small"  # preset of diffdass.models.unet (tiny | small | ddpm256)
+    resize: list[int] | None = None  # [H, W] training resolution (default: the images' own)
+    hflip: bool = True
+    iterations: int = 100000
+    batch_size: int = 4
+    lr: float = 2e-5
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup: int = 0  # linear lr warm-up iterations
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    num_timesteps: int = 1000
+    sample_every: int = 5000
+    sample_steps: int = 50  # respaced steps for the preview grids only
+    n_samples: int = 8
+    checkpoint_every: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    num_workers: int = 2
+
+    def validate(self) -> None:
+        if not self.target.root:
+            raise ConfigError("target.root: the (unlabeled) target dataset is required")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ConfigError("iterations and batch_size must be positive")
+        if len(self.adam_betas) != 2:
+            raise ConfigError("adam_betas must be two numbers")
+
+
+def _seed(seed: int, it: int, stream: int) -> int:
+    return int(np.random.default_rng([seed, stream, it]).integers(0, 2**63 - 1))
+
+
+def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
+    """(UNet with EMA weights, meta) from a ``train-ddpm`` checkpoint."""
+    from diffdass.utils.checkpoint import read_meta
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: DDPM checkpoint not found")
+    meta = read_meta(path)
+    if "unet" not in meta or "sample_size" not in meta:
+        raise ValueError(f"{path}: not a diffdass DDPM checkpoint")
+    unet = build_unet(meta["unet"], sample_size=tuple(meta["sample_size"]))
+    load_checkpoint(path, {"ema" if use_ema else "unet": unet})
+    return unet.to(device).eval(), meta
+
+
+@torch.no_grad()
+def sample_grid(
+    unet, schedule: DDPMSchedule, n: int, size, steps: int, seed: int, device
+) -> np.ndarray:
+    """``n`` unconditional samples (respaced to ``steps``) tiled into one uint8 image."""
+    sched = schedule.respace(min(steps, schedule.num_timesteps))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 3, *size), generator=g).to(device)
+    x = reverse(x, sched.num_timesteps, as_eps_fn(unet), sched, generator=g)
+    imgs = [tensor_to_image(xi) for xi in x]
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    h, w = size
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, im in enumerate(imgs):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
+    return grid
+
+
+def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) the target DDPM; writes ``checkpoints/final.safetensors``."""
+    validate_tree(cfg)
+    run = RunDir(out, "train-ddpm").open(
+        cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every", "sample_every")
+    )
+    final = run.ckpt_dir / "final.safetensors"
+    done = run.read_metrics()
+    if final.is_file() and done and done.get("iterations") == cfg.iterations:
+        run.logger.info("already trained: %s", final)
+        return done
+    device = resolve_device(cfg.device)
+    tf = train_transform(
+        crop=None, resize=tuple(cfg.resize) if cfg.resize else None, scale=None, hflip=cfg.hflip
+    )
+    ds = FolderDataset(
+        cfg.target.root, cfg.target.split, labels="none", transform=tf, seed=cfg.seed
+    )
+    size = tuple(cfg.resize) if cfg.resize else tuple(ds[0]["image"].shape[-2:])
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg.unet, sample_size=size).to(device)
+    ema = EMA(unet, decay=cfg.ema_decay)
+    opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
+    schedule = DDPMSchedule(num_timesteps=cfg.num_timesteps)
+    eps_fn = as_eps_fn(unet)
+    meta = {"unet": cfg.unet, "sample_size": list(size), "num_timesteps": cfg.num_timesteps}
+    last = run.ckpt_dir / "last.safetensors"
+    start = 0
+    if last.is_file():
+        m = load_checkpoint(last, {"unet": unet}, opt, device=device)
+        ema_unet = build_unet(cfg.unet, sample_size=size)
+        load_checkpoint(last, {"ema": ema_unet}, device="cpu")
+        ema.load_state_dict({"shadow": ema_unet.to(device).state_dict(), "step": m["ema_step"]})
+        start = int(m["iteration"])
+        run.logger.info("resuming from iteration %d", start)
+    loader = torch.utils.data.DataLoader(
+        StreamDataset(ds),
+        batch_sampler=StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations),
+        num_workers=cfg.num_workers,
+    )
+    amp = cfg.amp and device.type == "cuda"
+    bar = tqdm(
+        total=cfg.iterations,
+        initial=start,
+        desc="train-ddpm",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    losses: list[float] = []
+    t0, seen = time.perf_counter(), 0
+
+    def save(path, it):
+        save_checkpoint(
+            path,
+            {"unet": unet, "ema": ema.shadow_state_dict()},
+            opt,
+            meta | {"iteration": it, "ema_step": ema.step},
+        )
+
+    for it, batch in enumerate(loader, start=start):
+        unet.train()
+        lr = cfg.lr * min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+        for g in opt.param_groups:
+            g["lr"] = lr
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, it, 3))
+        x0 = batch["image"].to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = schedule.training_loss(eps_fn, x0, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"DDPM loss is {loss.item()} at iteration {it}; no checkpoint was written"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(unet)
+        losses.append(loss.item())
+        seen += x0.shape[0]
+        ips = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{ips:.1f}")
+        bar.update(1)
+        step = it + 1
+        if step % cfg.sample_every == 0 or step == cfg.iterations:
+            grid = sample_grid(
+                ema.module_copy(unet),
+                schedule,
+                cfg.n_samples,
+                size,
+                cfg.sample_steps,
+                cfg.seed,
+                device,
+            )
+            save_image(run.path / "samples" / f"samples_{step:07d}.png", grid)
+        if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
+            save(last, step)
+            run.logger.info("iteration %d loss %.4f %.1f img/s", step, loss.item(), ips)
+    bar.close()
+    save(last, cfg.iterations)
+    save_checkpoint(
+        final, {"ema": ema.shadow_state_dict()}, None, meta | {"iteration": cfg.iterations}
+    )
+    k = max(1, len(losses) // 10)
+    metrics = {
+        "stage": "train-ddpm",
+        "iterations": cfg.iterations,
+        "unet": cfg.unet,
+        "sample_size": list(size),
+        "loss_first": float(np.mean(losses[:k])) if losses else None,
+        "loss_last": float(np.mean(losses[-k:])) if losses else None,
+        "images_per_second": ips if losses else None,
+        "checkpoint": str(final),
+        "device": str(device),
+    }
+    run.write_metrics(metrics)
+    return metrics
