@@ -18,7 +18,7 @@ def write_folder_dataset(
     root: Path,
     split: str = "train",
     n: int = 6,
-    size: tuple[int, int] = (16, 32),
+    size: tuple[int, int] = (32, 48),
     num_classes: int = 4,
     labels: bool = True,
     seed: int = 0,

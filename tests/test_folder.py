@@ -58,9 +58,9 @@ def test_dataset_items(tiny_dataset):
     ds = FolderDataset(tiny_dataset, "train")
     assert len(ds) == 6
     item = ds[0]
-    assert item["image"].shape == (3, 16, 32) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (3, 32, 48) and item["image"].dtype == torch.float32
     assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
-    assert item["label"].shape == (16, 32) and item["label"].dtype == torch.int64
+    assert item["label"].shape == (32, 48) and item["label"].dtype == torch.int64
     assert item["label"][0, 0] == 255
     assert set(item["label"].unique().tolist()) <= {0, 1, 2, 3, 255}
 
@@ -78,12 +78,12 @@ def test_image_without_label_is_an_error(tiny_dataset):
 def test_size_mismatch_names_both_files(tiny_dataset):
     save_image(tiny_dataset / "train" / "labels" / "img001.png", np.zeros((8, 8), np.uint8))
     ds = FolderDataset(tiny_dataset, "train")
-    with pytest.raises(DataError, match=r"img001.png: label size 8x8 does not match image .*img001.png size 32x16"):
+    with pytest.raises(DataError, match=r"img001.png: label size 8x8 does not match image .*img001.png size 48x32"):
         ds[1]
 
 
 def test_unknown_label_id(tiny_dataset):
-    lbl = np.full((16, 32), 7, np.uint8)
+    lbl = np.full((32, 48), 7, np.uint8)
     save_image(tiny_dataset / "train" / "labels" / "img003.png", lbl)
     ds = FolderDataset(tiny_dataset, "train")
     with pytest.raises(DataError, match=r"img003.png: label ids \[7\] are outside the class set"):
@@ -98,7 +98,7 @@ def test_unreadable_file(tiny_dataset):
 
 
 def test_rgb_label_rejected(tiny_dataset):
-    save_image(tiny_dataset / "train" / "labels" / "img000.png", np.zeros((16, 32, 3), np.uint8))
+    save_image(tiny_dataset / "train" / "labels" / "img000.png", np.zeros((32, 48, 3), np.uint8))
     with pytest.raises(DataError, match="single-channel"):
         FolderDataset(tiny_dataset, "train")[0]
 

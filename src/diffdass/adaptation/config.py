@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from diffdass.utils.config import ConfigError
 
@@ -20,7 +20,7 @@ class SegModelConfig:
 @dataclass
 class AugConfig:
     resize: list[int] | None = None  # [H, W] working resolution, e.g. GTA5 [720, 1280]
-    scale: list[float] | None = field(default_factory=lambda: [0.75, 1.25])
+    scale: list[float] | None = None  # [low, high] random rescale (needs `crop`)
     crop: list[int] | None = None  # [H, W] training crop
     hflip: bool = True
 
@@ -31,6 +31,8 @@ class AugConfig:
                 raise ConfigError(f"aug.{name}: expected [H, W] with positive sizes, got {v}")
         if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
             raise ConfigError(f"aug.scale: expected [low, high] with 0 < low <= high, got {self.scale}")
+        if self.scale is not None and self.crop is None:
+            raise ConfigError("aug.scale needs aug.crop: rescaled images must be cropped to one size")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    head_lr_mult: float = 10.0  # the newly initialised classifier head learns 10x faster
 
 
 @dataclass

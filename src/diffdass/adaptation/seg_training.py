@@ -113,7 +113,7 @@ class SegTrainer:
         self.amp = amp and device.type == "cuda"
         self.freeze_bn = freeze_bn
         self.noisy_masked = noisy_masked
-        groups = model.param_groups(optim.lr)
+        groups = model.param_groups(optim.lr, head_lr_mult=optim.head_lr_mult)
         self.optimizer = torch.optim.SGD(
             groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
         )

@@ -180,9 +180,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
     return summary
 
 
-def _report(out: Path, summary: dict) -> Path | None:
-    try:
-        from diffdass.evaluation.report import write_report
-    except ImportError:  # report module not available
-        return None
+def _report(out: Path, summary: dict) -> Path:
+    from diffdass.evaluation.report import write_report
+
     return write_report(out)

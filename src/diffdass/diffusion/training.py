@@ -10,6 +10,7 @@ depend only on ``(seed, it)``).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class TrainDDPMConfig:
     warmup: int = 0  # linear lr warm-up iterations
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1+k)/(10+k)) after k updates
     num_timesteps: int = 1000
     sample_every: int = 5000
     sample_steps: int = 50  # respaced steps for the preview grids only
@@ -132,7 +134,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     size = tuple(cfg.resize) if cfg.resize else tuple(ds[0]["image"].shape[-2:])
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, sample_size=size).to(device)
-    ema = EMA(unet, decay=cfg.ema_decay)
+    ema = EMA(unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     schedule = DDPMSchedule(num_timesteps=cfg.num_timesteps)
     eps_fn = as_eps_fn(unet)
@@ -143,7 +145,8 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         m = load_checkpoint(last, {"unet": unet}, opt, device=device)
         ema_unet = build_unet(cfg.unet, sample_size=size)
         load_checkpoint(last, {"ema": ema_unet}, device="cpu")
-        ema.load_state_dict({"shadow": ema_unet.to(device).state_dict(), "step": m["ema_step"]})
+        ema = EMA(ema_unet.to(device), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        ema.num_updates = int(m["ema_updates"])
         start = int(m["iteration"])
         run.logger.info("resuming from iteration %d", start)
     loader = torch.utils.data.DataLoader(
@@ -162,12 +165,17 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     losses: list[float] = []
     t0, seen = time.perf_counter(), 0
 
+    def ema_state() -> dict:
+        return {**ema.shadow, **ema.buffers}
+
+    def ema_model() -> torch.nn.Module:
+        m = copy.deepcopy(unet)
+        ema.copy_to(m)
+        return m.eval()
+
     def save(path, it):
         save_checkpoint(
-            path,
-            {"unet": unet, "ema": ema.shadow_state_dict()},
-            opt,
-            meta | {"iteration": it, "ema_step": ema.step},
+            path, {"unet": unet, "ema": ema_state()}, opt, meta | {"iteration": it, "ema_updates": ema.num_updates}
         )
 
     for it, batch in enumerate(loader, start=start):
@@ -197,7 +205,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         step = it + 1
         if step % cfg.sample_every == 0 or step == cfg.iterations:
             grid = sample_grid(
-                ema.module_copy(unet),
+                ema_model(),
                 schedule,
                 cfg.n_samples,
                 size,
@@ -212,7 +220,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     bar.close()
     save(last, cfg.iterations)
     save_checkpoint(
-        final, {"ema": ema.shadow_state_dict()}, None, meta | {"iteration": cfg.iterations}
+        final, {"ema": ema_state()}, None, meta | {"iteration": cfg.iterations}
     )
     k = max(1, len(losses) // 10)
     metrics = {

@@ -110,11 +110,18 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             f"valid keys under '{prefix or '<top>'}': {', '.join(sorted(fields))}"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    obj = cls(**kwargs)
+    return cls(**kwargs)
+
+
+def validate_tree(obj) -> None:
+    """Call ``validate()`` on a dataclass config and on every nested one (children first)."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        validate_tree(getattr(obj, f.name))
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
-    return obj
 
 
 def to_dict(obj) -> dict:
@@ -141,7 +148,13 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        val = yaml.safe_load(v) if v.strip() else ""
+        if isinstance(val, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                val = float(val) if any(ch.isdigit() for ch in val) else val
+            except ValueError:
+                pass
+        out[k.strip()] = val
     return out
 
 
@@ -177,6 +190,7 @@ def load_config(
     yaml_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     section: str | None = None,
+    validate: bool = True,
 ) -> T:
     """defaults < YAML (optionally one ``section`` of it) < ``overrides`` (dotted keys).
 
@@ -194,7 +208,10 @@ def load_config(
         if value is not None:
             _apply_dotted(data, key, value)
     try:
-        return from_dict(cls, data)
+        cfg = from_dict(cls, data)
+        if validate:
+            validate_tree(cfg)
+        return cfg
     except ConfigError as exc:
         where = f"{yaml_path}: " if yaml_path else ""
         raise ConfigError(f"{where}{exc}") from exc

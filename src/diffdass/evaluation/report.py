@@ -1,0 +1,188 @@
+"""The pipeline report: one self-contained HTML file (images embedded) plus PNGs.
+
+It reads only what the stages wrote (JSON metrics, strip images), never training code:
+per-class IoU of g_N against source-only (and the oracle when present), strips of source
+images across the intermediate domains (the paper's Fig. 4), mIoU of g_n along n, and the
+time spent per stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from diffdass.utils.io import atomic_write_text, read_json, save_image
+
+
+def _read(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def _fig_to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _per_class_plot(names, series: dict[str, dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.2))
+    w = 0.8 / len(series)
+    x = np.arange(len(names))
+    for i, (label, per_class) in enumerate(series.items()):
+        vals = [per_class.get(n) if per_class.get(n) is not None else 0.0 for n in names]
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, vals, w, label=label)
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _fig_to_png(fig)
+
+
+def _miou_along_n(domains: list[dict], miou0: float | None, key: str) -> bytes | None:
+    pts = [(d["n"], d["val_miou"][key]) for d in domains if d.get("val_miou") and key in d["val_miou"]]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if miou0 is not None:
+        pts = [(0, miou0), *pts]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+    ax.set_xlabel("domain n (diffusion steps)")
+    ax.set_ylabel(f"target mIoU{key} (%)")
+    ax.grid(alpha=0.3)
+    return _fig_to_png(fig)
+
+
+def _strips(ptl_dir: Path, max_cols: int = 8) -> np.ndarray | None:
+    """Rows = source images, columns = domains (n = 0 is the source image itself)."""
+    from PIL import Image
+
+    root = ptl_dir / "strips"
+    if not root.is_dir():
+        return None
+    rows = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(d.glob("n*.png"))
+        if len(files) > max_cols:
+            pick = np.linspace(0, len(files) - 1, max_cols).round().astype(int)
+            files = [files[i] for i in sorted(set(pick))]
+        rows.append([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    if not rows or not rows[0]:
+        return None
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    sheet = np.full((len(rows) * (h + 2), ncol * (w + 2), 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, im in enumerate(r):
+            if im.shape[:2] == (h, w):
+                sheet[i * (h + 2) : i * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = im
+    return sheet
+
+
+def _img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.1f}"
+        return html.escape("n/a" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(out: str | Path) -> Path:
+    """Write ``out/report.html`` and ``out/report/*.png`` from a pipeline directory."""
+    out = Path(out)
+    summary = _read(out / "summary.json") or {}
+    ev0 = _read(out / "source_only" / "eval" / "metrics.json")
+    evN = _read(out / "ptl" / "eval" / "metrics.json")
+    evO = _read(out / "oracle" / "eval" / "metrics.json")
+    ptl = _read(out / "ptl" / "metrics.json") or {}
+    domains = _read(out / "ptl" / "domains.json") or []
+    if ev0 is None or evN is None:
+        raise FileNotFoundError(f"{out}: evaluation metrics missing; run the pipeline first")
+    key = summary.get("class_set") or next(iter(evN["miou"]))
+    png_dir = out / "report"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>diffdass report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#eee}img{max-width:100%}</style></head><body>",
+        "<h1>diffdass report</h1>",
+        f"<p>Output directory: <code>{html.escape(str(out))}</code>. All numbers are for the "
+        "<b>last</b> checkpoint of each stage (no model selection on target val).</p>",
+    ]
+    rows = [["source-only g_0", ev0["miou"][key]], ["PTL g_N", evN["miou"][key]]]
+    if evO:
+        rows.append(["target oracle (uses target labels)", evO["miou"][key]])
+    parts += [f"<h2>Target mIoU{html.escape(key)}</h2>", _table(["model", f"mIoU{key} (%)"], rows)]
+    for name, res in (("g_0", ev0), ("g_N", evN)):
+        others = {k: v for k, v in res["miou"].items() if k != key}
+        if others:
+            parts.append(f"<p>{name} other class sets: " + ", ".join(f"mIoU{k} {v:.1f}" for k, v in others.items()) + "</p>")
+    names = list(evN["per_class_iou"])
+    series = {"source-only": ev0["per_class_iou"], "PTL g_N": evN["per_class_iou"]}
+    if evO:
+        series["oracle"] = evO["per_class_iou"]
+    png = _per_class_plot(names, series)
+    (png_dir).mkdir(parents=True, exist_ok=True)
+    (png_dir / "per_class_iou.png").write_bytes(png)
+    prow = [[n, *[series[s].get(n) for s in series]] for n in names]
+    parts += [
+        "<h2>Per-class IoU</h2>",
+        _img_tag(png, "per-class IoU"),
+        _table(["class", *series], prow),
+    ]
+    curve = _miou_along_n(domains, ev0["miou"].get(key), key)
+    if curve:
+        (png_dir / "miou_along_n.png").write_bytes(curve)
+        parts += ["<h2>mIoU of g_n along n</h2>", _img_tag(curve, "mIoU along n")]
+    strip = _strips(out / "ptl")
+    if strip is not None:
+        save_image(png_dir / "strips.png", strip)
+        parts += [
+            "<h2>One source image across the intermediate domains (Fig. 4)</h2>",
+            "<p>Left: the source image (n = 0); then its guided translation at increasing n.</p>",
+            _img_tag((png_dir / "strips.png").read_bytes(), "strips"),
+        ]
+    if domains:
+        drows = [
+            [d["domain"], d["n"], d.get("reverse_steps"), d["loss"], d.get("translate_seconds"), d["seconds"]]
+            for d in domains
+        ]
+        parts += [
+            "<h2>Domains</h2>",
+            f"<p>{len(domains)} domains, translation cost "
+            f"{ptl.get('translation_cost_image_steps', 'n/a')} reverse image-steps, guidance "
+            f"{html.escape(str(ptl.get('guidance')))}, L_src {'on' if ptl.get('loss_src', True) else 'off'}.</p>",
+            _table(["domain", "n", "reverse steps", "fine-tune loss", "translate s", "total s"], drows[-20:]),
+        ]
+    secs = summary.get("seconds", {})
+    if secs:
+        parts += [
+            "<h2>Time per stage</h2>",
+            _table(["stage", "seconds"], [[k, float(v)] for k, v in secs.items()]),
+        ]
+    parts.append("</body></html>")
+    return atomic_write_text(out / "report.html", "\n".join(parts))

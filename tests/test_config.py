@@ -1,0 +1,85 @@
+"""Typed YAML configs and atomic I/O."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+
+from diffdass.utils.config import ConfigError, load_config, parse_set, to_dict
+from diffdass.utils.io import atomic_write_text, write_json
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    sizes: list[int] | None = None
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+
+    def validate(self):
+        if self.steps < 0:
+            raise ConfigError("steps must be >= 0")
+
+
+def test_precedence_defaults_yaml_flags(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 20\ninner:\n  lr: 0.5\n  sizes: [2, 3]\n")
+    cfg = load_config(Outer, p, {"inner.lr": 0.25, "name": None})
+    assert cfg.steps == 20 and cfg.inner.lr == 0.25 and cfg.inner.sizes == [2, 3] and cfg.name == "x"
+    assert to_dict(cfg) == {"name": "x", "steps": 20, "flag": False, "inner": {"lr": 0.25, "sizes": [2, 3]}}
+
+
+def test_unknown_key_lists_valid_ones(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("inner:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"inner.lrr.*valid keys under 'inner.': lr, sizes"):
+        load_config(Outer, p)
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(ConfigError, match="steps"):
+        load_config(Outer, None, {"steps": "many"})
+    with pytest.raises(ConfigError, match="flag"):
+        load_config(Outer, None, {"flag": "maybe"})
+    with pytest.raises(ConfigError, match="steps must be"):
+        load_config(Outer, None, {"steps": -1})
+
+
+def test_set_strings_are_yaml_scalars():
+    assert parse_set(["a.b=1e-3", "c=true", "d=[1, 2]", "e=text"]) == {
+        "a.b": 1e-3,
+        "c": True,
+        "d": [1, 2],
+        "e": "text",
+    }
+    with pytest.raises(ConfigError):
+        parse_set(["novalue"])
+    cfg = load_config(Outer, None, parse_set(["flag=yes", "inner.sizes=[4, 5]"]))
+    assert cfg.flag is True and cfg.inner.sizes == [4, 5]
+
+
+def test_missing_or_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    (tmp_path / "b.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Outer, tmp_path / "b.yaml")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "m.json"
+    write_json(p, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json(p, {"a": object()})
+    assert p.read_text().strip().startswith("{") and '"a": 1' in p.read_text()
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+    atomic_write_text(p, "x")
+    assert p.read_text() == "x"
