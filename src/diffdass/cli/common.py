@@ -21,11 +21,13 @@ SetOpt = Annotated[
 ]
 
 
-def build_config(cls, config: Path | None, sets: list[str] | None, flags: dict[str, Any], section=None):
+def build_config(
+    cls, config: Path | None, sets: list[str] | None, flags: dict[str, Any], validate: bool = True
+):
     """defaults < YAML < --set < explicit flags."""
     overrides = parse_set(sets)
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    return load_config(cls, config, overrides, section=section)
+    return load_config(cls, config, overrides, validate=validate)
 
 
 def friendly_errors(fn):

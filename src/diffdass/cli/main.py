@@ -330,6 +330,7 @@ def run(
         config or DEFAULT_CONFIG,
         sets,
         {"out": out, "seed": seed, "device": device},
+        validate=False,  # stage configs are validated once the pipeline filled in the data roots
     )
     summary = run_pipeline(cfg, progress=not quiet, echo=typer.echo)
     m = summary["miou"]
@@ -343,14 +344,15 @@ def run(
 @app.command()
 def models():
     """List the segmenter architectures and DDPM UNet presets."""
-    from diffdass.models.factory import ARCHS
-    from diffdass.models.unet import UNET_PRESETS
+    from diffdass.models.factory import ARCH_DESCRIPTIONS
+    from diffdass.models.unet import UNET_PARAM_COUNTS
 
-    typer.echo("segmenters:")
-    items = ARCHS.items() if isinstance(ARCHS, dict) else ((a, "") for a in ARCHS)
-    for name, desc in items:
-        typer.echo(f"  {name:18s} {desc}")
-    typer.echo("DDPM UNets: " + ", ".join(UNET_PRESETS))
+    typer.echo("segmenters (--arch):")
+    for name, desc in ARCH_DESCRIPTIONS.items():
+        typer.echo(f"  {name:16s} {desc}")
+    typer.echo("DDPM UNets (--unet):")
+    for name, n in UNET_PARAM_COUNTS.items():
+        typer.echo(f"  {name:16s} {n / 1e6:.1f}M parameters")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ depend only on ``(seed, it)``).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,10 @@ class TrainDDPMConfig:
 
     target: DomainSpec = field(default_factory=DomainSpec)
     unet: str = "small"  # preset of diffdass.models.unet (tiny | small | ddpm256)
-    resize: list[int] | None = None  # [H, W] training resolution (default: the images' own)
+    resize: list[int] | None = None  # [H, W] working resolution (default: the images' own)
+    # [H, W] random training patches of the working resolution. The UNet is convolutional,
+    # so a model trained on patches still translates full images (cheaper training on CPU).
+    crop: list[int] | None = None
     hflip: bool = True
     iterations: int = 100000
     batch_size: int = 4
@@ -126,12 +128,15 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         return done
     device = resolve_device(cfg.device)
     tf = train_transform(
-        crop=None, resize=tuple(cfg.resize) if cfg.resize else None, scale=None, hflip=cfg.hflip
+        crop=tuple(cfg.crop) if cfg.crop else None,
+        resize=tuple(cfg.resize) if cfg.resize else None,
+        scale=None,
+        hflip=cfg.hflip,
     )
-    ds = FolderDataset(
-        cfg.target.root, cfg.target.split, labels="none", transform=tf, seed=cfg.seed
-    )
-    size = tuple(cfg.resize) if cfg.resize else tuple(ds[0]["image"].shape[-2:])
+    ds = FolderDataset(cfg.target.root, cfg.target.split, labels="none", transform=tf, seed=cfg.seed)
+    # the resolution translation runs at and preview grids are drawn at
+    full = FolderDataset(cfg.target.root, cfg.target.split, labels="none")
+    size = tuple(cfg.resize) if cfg.resize else tuple(full[0]["image"].shape[-2:])
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, sample_size=size).to(device)
     ema = EMA(unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
@@ -146,7 +151,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         ema_unet = build_unet(cfg.unet, sample_size=size)
         load_checkpoint(last, {"ema": ema_unet}, device="cpu")
         ema = EMA(ema_unet.to(device), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
-        ema.num_updates = int(m["ema_updates"])
+        ema.step = int(m["ema_updates"])
         start = int(m["iteration"])
         run.logger.info("resuming from iteration %d", start)
     loader = torch.utils.data.DataLoader(
@@ -165,17 +170,9 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     losses: list[float] = []
     t0, seen = time.perf_counter(), 0
 
-    def ema_state() -> dict:
-        return {**ema.shadow, **ema.buffers}
-
-    def ema_model() -> torch.nn.Module:
-        m = copy.deepcopy(unet)
-        ema.copy_to(m)
-        return m.eval()
-
     def save(path, it):
         save_checkpoint(
-            path, {"unet": unet, "ema": ema_state()}, opt, meta | {"iteration": it, "ema_updates": ema.num_updates}
+            path, {"unet": unet, "ema": ema.shadow_state_dict()}, opt, meta | {"iteration": it, "ema_updates": ema.step}
         )
 
     for it, batch in enumerate(loader, start=start):
@@ -205,7 +202,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         step = it + 1
         if step % cfg.sample_every == 0 or step == cfg.iterations:
             grid = sample_grid(
-                ema_model(),
+                ema.module_copy(unet).eval(),
                 schedule,
                 cfg.n_samples,
                 size,
@@ -220,7 +217,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     bar.close()
     save(last, cfg.iterations)
     save_checkpoint(
-        final, {"ema": ema_state()}, None, meta | {"iteration": cfg.iterations}
+        final, {"ema": ema.shadow_state_dict()}, None, meta | {"iteration": cfg.iterations}
     )
     k = max(1, len(losses) // 10)
     metrics = {

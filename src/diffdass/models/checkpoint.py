@@ -18,7 +18,9 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu", name: s
     meta = read_meta(path)
     for key in ("arch", "num_classes"):
         if key not in meta:
-            raise ValueError(f"{path}: not a diffdass segmenter checkpoint (no '{key}' in metadata)")
+            raise ValueError(
+                f"{path}: not a diffdass segmenter checkpoint (no '{key}' in metadata)"
+            )
     model = build_segmenter(meta["arch"], int(meta["num_classes"]), pretrained=False)
     load_checkpoint(path, {name: model}, device="cpu")
     return model.to(device).eval(), meta

@@ -1,0 +1,213 @@
+"""The built-in benchmark generator: determinism, folder format, class coverage, domain gap."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffdass.data import benchmark as bm
+from diffdass.data.folder import ClassInfo, FolderDataset
+from diffdass.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
+
+TINY = dict(seed=0, height=32, width=64, n_source=8, n_target_train=8, n_target_val=8)
+
+
+def _tiny(root: Path, **over) -> dict:
+    return bm.generate_benchmark(root, **{**TINY, **over}, progress=False)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "benchmark.json"
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench") / "root"
+    _tiny(root)
+    return root
+
+
+def test_textures_load_offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network access during texture loading")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    bm.load_texture.cache_clear()
+    for name in bm.TEXTURE_SOURCES:
+        img = bm.load_texture(name)
+        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.float32, name
+        assert min(img.shape[:2]) >= 128 and 0.0 <= img.min() and img.max() <= 1.0, name
+        assert img.std() > 0.02, name
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="height"):
+        bm.BenchmarkConfig(height=8)
+    with pytest.raises(ValueError, match="n_source"):
+        bm.BenchmarkConfig(n_source=0)
+    cfg = bm.BenchmarkConfig(seed=3, height=256, width=512)
+    assert bm.BenchmarkConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_deterministic_and_seed_dependent(tiny_root, tmp_path):
+    again = tmp_path / "again"
+    s = _tiny(again, workers=2)  # another process pool must give the same bytes
+    a, b = _files(tiny_root), _files(again)
+    assert a.keys() == b.keys() and a == b
+    assert (
+        s["content_hash"] == json.loads((tiny_root / "benchmark.json").read_text())["content_hash"]
+    )
+    assert bm.content_hash(again) == s["content_hash"]
+    other = _tiny(tmp_path / "other", seed=1)
+    c = _files(tmp_path / "other")
+    assert other["content_hash"] != s["content_hash"]
+    assert sum(a[k] != c[k] for k in a if "images" in k) == sum(1 for k in a if "images" in k)
+    # any single image can be regenerated on its own
+    img, lbl = bm.make_sample("target/val", 5, seed=0, height=32, width=64)
+    on_disk = np.asarray(Image.open(tiny_root / "target/val/images/000005.png"))
+    assert np.array_equal(img, on_disk)
+    assert np.array_equal(lbl, np.asarray(Image.open(tiny_root / "target/val/labels/000005.png")))
+
+
+def test_folder_format(tiny_root):
+    for dom in ("source", "target"):
+        info = ClassInfo.load(tiny_root / dom)
+        assert info.names == CITYSCAPES_CLASSES and info.ignore_index == IGNORE_INDEX
+    assert not (tiny_root / "target/train/labels").exists()  # labels withheld
+    splits = {
+        ("source", "train", "required"): 8,
+        ("target", "train", "optional"): 8,
+        ("target", "train_oracle", "required"): 8,
+        ("target", "val", "required"): 8,
+    }
+    for (dom, split, labels), n in splits.items():
+        ds = FolderDataset(tiny_root / dom, split, labels=labels)
+        assert len(ds) == n
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["image"].shape == (3, 32, 64)
+            lbl = item["label"].numpy()
+            assert lbl.shape == (32, 64)
+            assert np.isin(lbl, [*range(19), IGNORE_INDEX]).all()
+            if split == "train" and dom == "target":
+                assert (lbl == IGNORE_INDEX).all()
+            else:
+                assert lbl.max() <= 18
+    # the oracle split holds exactly the target/train images
+    for p in sorted((tiny_root / "target/train/images").glob("*.png")):
+        assert p.read_bytes() == (tiny_root / "target/train_oracle/images" / p.name).read_bytes()
+    meta = json.loads((tiny_root / "benchmark.json").read_text())
+    assert meta["config"] == bm.BenchmarkConfig(**TINY).to_dict()
+    assert meta["version"] == bm.GENERATOR_VERSION
+    assert "never" in meta["note"]
+
+
+def test_all_classes_occur():
+    for domain in (0, 1):
+        seen = np.zeros(19, bool)
+        for i in range(60):
+            lay = bm.sample_layout(np.random.default_rng([0, domain, i, 0]), 64, 128)
+            seen |= np.bincount(lay.label.ravel(), minlength=19)[:19] > 0
+        missing = [CITYSCAPES_CLASSES[c] for c in np.flatnonzero(~seen)]
+        assert not missing, f"domain {domain}: classes never drawn: {missing}"
+
+
+def test_small_classes_are_common():
+    small = (5, 6, 7, 11, 12, 17, 18)  # pole, light, sign, person, rider, motorcycle, bicycle
+    present = np.zeros(19)
+    n = 40
+    for i in range(n):
+        lay = bm.sample_layout(np.random.default_rng([0, 0, i, 0]), 64, 128)
+        present += np.bincount(lay.label.ravel(), minlength=19)[:19] > 0
+    frac = present / n
+    assert (frac[[5, 6, 7, 11]] >= 0.5).all(), frac
+    assert (frac[list(small)] >= 0.2).all(), frac
+
+
+def _class_colours(img: np.ndarray, lbl: np.ndarray) -> np.ndarray:
+    out = np.full((19, 3), np.nan)
+    for c in np.unique(lbl):
+        out[c] = img[lbl == c].mean(0)
+    return out
+
+
+def _local_std(img: np.ndarray) -> float:
+    """Mean absolute difference between horizontally adjacent pixels of the same class."""
+    g = img.astype(np.float32).mean(2)
+    return float(np.abs(np.diff(g, axis=1)).mean())
+
+
+def test_domains_share_layout_but_differ_in_appearance():
+    n, H, W = 30, 64, 128
+    share = {0: np.zeros(19), 1: np.zeros(19)}
+    col_dist, tex_src, tex_tgt = [], [], []
+    for i in range(n):
+        for domain in (0, 1):
+            lay = bm.sample_layout(np.random.default_rng([0, domain, i, 0]), H, W)
+            share[domain] += np.bincount(lay.label.ravel(), minlength=19)[:19]
+        # the same label map rendered in both styles
+        lay = bm.sample_layout(np.random.default_rng([0, 0, i, 0]), H, W)
+        src = bm.render_source(lay, np.random.default_rng([0, 0, i, 1]))
+        tgt = bm.render_target(lay, np.random.default_rng([0, 1, i, 1]))
+        assert src.shape == tgt.shape == (H, W, 3) and src.dtype == tgt.dtype == np.uint8
+        d = np.linalg.norm(_class_colours(src, lay.label) - _class_colours(tgt, lay.label), axis=1)
+        col_dist.append(np.nanmean(d))
+        tex_src.append(_local_std(src))
+        tex_tgt.append(_local_std(tgt))
+    p0, p1 = share[0] / share[0].sum(), share[1] / share[1].sum()
+    assert 0.5 * np.abs(p0 - p1).sum() < 0.06  # same label distribution
+    assert np.mean(col_dist) > 45  # per-class colours move between the domains
+    assert np.mean(tex_tgt) > 1.5 * np.mean(tex_src)  # the target is textured and noisy
+
+
+def test_rerun_is_noop_and_changes_regenerate(tmp_path):
+    root = tmp_path / "b"
+    first = _tiny(root)
+    assert first["generated"]
+    probe = root / "source/train/images/000000.png"
+    stamps = (probe.stat().st_mtime_ns, (root / "benchmark.json").stat().st_mtime_ns)
+    second = _tiny(root)
+    assert not second["generated"] and second["content_hash"] == first["content_hash"]
+    assert (probe.stat().st_mtime_ns, (root / "benchmark.json").stat().st_mtime_ns) == stamps
+
+    third = _tiny(root, n_target_val=3)  # a different config regenerates
+    assert third["generated"] and third["content_hash"] != first["content_hash"]
+    assert len(list((root / "target/val/images").glob("*.png"))) == 3
+
+    (root / "source/train/labels/000002.png").unlink()  # a damaged root regenerates
+    fourth = _tiny(root, n_target_val=3)
+    assert fourth["generated"] and fourth["content_hash"] == third["content_hash"]
+    assert (root / "source/train/labels/000002.png").is_file()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("b", ".b.lock")]
+    assert not leftovers  # no temporary or old directories left behind
+
+    foreign = tmp_path / "mine"
+    (foreign / "notes").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not a generated benchmark"):
+        _tiny(foreign)
+    assert (foreign / "notes").is_dir()
+
+
+def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bm, "make_sample", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        _tiny(tmp_path / "c")
+    assert [p.name for p in tmp_path.iterdir()] == [".c.lock"]
+
+
+def test_preview_figure(tiny_root, tmp_path):
+    out = bm.preview_figure(tiny_root, tmp_path / "img" / "preview.png", n=3)
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.width > 3 * 256 and im.height > 4 * 128
