@@ -140,10 +140,11 @@ def _class_colours(img: np.ndarray, lbl: np.ndarray) -> np.ndarray:
     return out
 
 
-def _local_std(img: np.ndarray) -> float:
-    """Mean absolute difference between horizontally adjacent pixels of the same class."""
+def _texture(img: np.ndarray, ids: np.ndarray) -> float:
+    """Mean absolute difference between horizontal neighbours on the same surface."""
     g = img.astype(np.float32).mean(2)
-    return float(np.abs(np.diff(g, axis=1)).mean())
+    same = ids[:, 1:] == ids[:, :-1]
+    return float(np.abs(np.diff(g, axis=1))[same].mean())
 
 
 def test_domains_share_layout_but_differ_in_appearance():
@@ -161,12 +162,12 @@ def test_domains_share_layout_but_differ_in_appearance():
         assert src.shape == tgt.shape == (H, W, 3) and src.dtype == tgt.dtype == np.uint8
         d = np.linalg.norm(_class_colours(src, lay.label) - _class_colours(tgt, lay.label), axis=1)
         col_dist.append(np.nanmean(d))
-        tex_src.append(_local_std(src))
-        tex_tgt.append(_local_std(tgt))
+        tex_src.append(_texture(src, lay.ids))
+        tex_tgt.append(_texture(tgt, lay.ids))
     p0, p1 = share[0] / share[0].sum(), share[1] / share[1].sum()
-    assert 0.5 * np.abs(p0 - p1).sum() < 0.06  # same label distribution
+    assert 0.5 * np.abs(p0 - p1).sum() < 0.12  # same label distribution (30 images)
     assert np.mean(col_dist) > 45  # per-class colours move between the domains
-    assert np.mean(tex_tgt) > 1.5 * np.mean(tex_src)  # the target is textured and noisy
+    assert np.mean(tex_tgt) > 3 * np.mean(tex_src) + 2  # the target is textured and noisy
 
 
 def test_rerun_is_noop_and_changes_regenerate(tmp_path):

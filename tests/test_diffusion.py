@@ -91,6 +91,15 @@ def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return 0.3 * torch.tanh(x) + 1e-3 * t.view(-1, 1, 1, 1).float()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add sync overhead (very costly on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def sched() -> DDPMSchedule:
     return DDPMSchedule()

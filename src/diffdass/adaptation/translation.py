@@ -35,6 +35,12 @@ class GuidanceConfig:
     arrangement: str = "alternate"  # alternate | lcg_then_gsg | gsg_then_lcg | random
     lcg_mode: str = "batched"  # batched | loop (naive reference) | single_pass (approximation)
     chunk_size: int = 16  # masked images per segmenter pass in batched LCG
+    # How the pixel cross-entropies are reduced. "sum": log p(y | x_t) of a label map
+    # factorises over pixels, so its gradient is the sum of the per-pixel ones - the exact
+    # analogue of classifier guidance's log p(y | x) and independent of the resolution.
+    # "mean" divides by the number of labelled pixels (per image; per class region for LCG),
+    # which makes lambda's effect shrink with the image size.
+    reduction: str = "sum"
     amp: bool = True  # bf16 segmenter forward on CUDA
 
     def validate(self) -> None:
@@ -44,6 +50,8 @@ class GuidanceConfig:
             raise ConfigError(f"guidance.arrangement: unknown {self.arrangement!r}")
         if self.lcg_mode not in ("batched", "loop", "single_pass"):
             raise ConfigError(f"guidance.lcg_mode: unknown {self.lcg_mode!r}")
+        if self.reduction not in ("sum", "mean"):
+            raise ConfigError(f"guidance.reduction must be sum|mean, got {self.reduction!r}")
         if self.scale < 0:
             raise ConfigError("guidance.scale must be >= 0")
 
@@ -72,6 +80,7 @@ def translate_batch(
         chunk_size=guidance.chunk_size,
         seed=seed,
         amp_dtype=amp_dtype,
+        reduction=guidance.reduction,
     )
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda and guidance.amp):
         out = translate(

@@ -409,12 +409,10 @@ _BOX_SIGNS = np.array(
     [[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=np.float64
 )
 _FACE_NAMES = ("front", "rear", "side", "side", "top", "bottom")
-_FACE_SIGNS = np.array(
-    [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64
-)
 _FACE_QUADS = np.array(
     [[4, 6, 7, 5], [0, 2, 3, 1], [2, 6, 7, 3], [0, 4, 5, 1], [1, 3, 7, 5], [0, 2, 6, 4]]
 )
+_FACE_QUADS_T = tuple(tuple(int(i) for i in q) for q in _FACE_QUADS)
 
 
 class _Canvas:
@@ -503,35 +501,38 @@ class _Canvas:
 
         ``parts`` maps face names (front, rear, side, top, bottom) to part codes; by default
         the faces are shaded from their orientation (a fixed sun from the front left).
+        Plain-float arithmetic: this is the hot path of the layout.
         """
+        cam = self.cam
+        cc, ss = cam.c, cam.s
         sh, ch = math.sin(heading), math.cos(heading)
-        axes = np.array(
-            [
-                [sh * length / 2, 0.0, ch * length / 2],
-                [ch * width / 2, 0.0, -sh * width / 2],
-                [0.0, (y1 - y0) / 2, 0.0],
-            ]
-        )
-        center = np.array([x, (y0 + y1) / 2, z])
-        corners = center + _BOX_SIGNS @ axes
-        pc = self.cam.to_cam(corners)
-        # back-face test: a face is visible when the camera is on its outer side
-        normals = _FACE_SIGNS @ axes  # (6, 3), outward, length = half extent
-        vis = np.einsum("ij,ij->i", normals, self.cam.pos - (center + normals)) > 1e-9
-        if not vis.any():
+        hl, hw, hh = length / 2, width / 2, (y1 - y0) / 2
+        # half axes in world (along heading, right, up) and in camera coordinates
+        dwx, dwz = sh * hl, ch * hl
+        rwx, rwz = ch * hw, -sh * hw
+        dx, dz = cc * dwx - ss * dwz, ss * dwx + cc * dwz
+        rx, rz = cc * rwx - ss * rwz, ss * rwx + cc * rwz
+        cx_, cy_, cz_ = cc * x - ss * z, (y0 + y1) / 2 - cam.height, ss * x + cc * z
+        # outward face normals (camera coords) -> visible if the camera (origin) is outside
+        normals = ((dx, 0.0, dz), (-dx, 0.0, -dz), (rx, 0.0, rz), (-rx, 0.0, -rz))
+        normals += ((0.0, hh, 0.0), (0.0, -hh, 0.0))
+        vis = [
+            -(nx * (cx_ + nx) + ny * (cy_ + ny) + nz * (cz_ + nz)) > 1e-9 for nx, ny, nz in normals
+        ]
+        if not any(vis):
             return
+        corners = [
+            (cx_ + a * dx + b * rx, cy_ + c * hh, cz_ + a * dz + b * rz)
+            for a in (-1, 1)
+            for b in (-1, 1)
+            for c in (-1, 1)
+        ]
         parts = parts or {}
-        near_ok = pc[:, 2].min() > _Camera.ZNEAR
-        if near_ok:
-            xy = self.cam.project_cam(pc)
-            lo, hi = xy.min(0), xy.max(0)
-            if hi[0] < -1 or lo[0] > self.cam.W + 1 or hi[1] < -1 or lo[1] > self.cam.H + 1:
-                return
-            g = self.GUARD
-            direct = lo[0] > -g * self.cam.W and hi[0] < (g + 1) * self.cam.W
-            direct = direct and lo[1] > -g * self.cam.H and hi[1] < (g + 1) * self.cam.H
-            ixy = self._to_int(xy) if direct else None
-        for k in np.flatnonzero(vis):
+        world_n = ((dwx, dwz), (-dwx, -dwz), (rwx, rwz), (-rwx, -rwz))
+        faces = []
+        for k in range(6):
+            if not vis[k]:
+                continue
             name = _FACE_NAMES[k]
             if name in parts:
                 part = parts[name]
@@ -540,14 +541,30 @@ class _Canvas:
             elif name == "bottom":
                 part = BOTTOM
             elif name == "side":
-                part = SIDE_A if normals[k, 0] > 0 else SIDE_B
+                part = SIDE_A if world_n[k][0] > 0 else SIDE_B
             else:
-                part = BASE if normals[k, 2] < 0 else FRONT
-            idx = _FACE_QUADS[k]
-            if near_ok and ixy is not None:
-                cv2.fillPoly(self.ids, [ixy[idx]], inst * 16 + part, cv2.LINE_8, 3)
-            else:
-                self.poly(corners[idx], inst, part)
+                part = BASE if world_n[k][1] < 0 else FRONT
+            faces.append((k, part))
+        if min(p[2] for p in corners) > _Camera.ZNEAR:
+            f, px, py = cam.f, cam.cx, cam.cy
+            xs = [px + f * p[0] / p[2] for p in corners]
+            ys = [py - f * p[1] / p[2] for p in corners]
+            lo_x, hi_x, lo_y, hi_y = min(xs), max(xs), min(ys), max(ys)
+            W, H, g = cam.W, cam.H, self.GUARD
+            if hi_x < -1 or lo_x > W + 1 or hi_y < -1 or lo_y > H + 1:
+                return
+            if lo_x > -g * W and hi_x < (g + 1) * W and lo_y > -g * H and hi_y < (g + 1) * H:
+                ixy = [(round(a * 8), round(b * 8)) for a, b in zip(xs, ys, strict=True)]
+                for k, part in faces:
+                    pts = np.array([ixy[i] for i in _FACE_QUADS_T[k]], dtype=np.int32)
+                    cv2.fillPoly(self.ids, [pts], inst * 16 + part, cv2.LINE_8, 3)
+                return
+        # slow path: clip against the near plane / guard band
+        wc = np.array([x, (y0 + y1) / 2, z])
+        axes = np.array([[dwx, 0.0, dwz], [rwx, 0.0, rwz], [0.0, hh, 0.0]])
+        world = wc + _BOX_SIGNS @ axes
+        for k, part in faces:
+            self.poly(world[_FACE_QUADS[k]], inst, part)
 
     def sphere(self, inst: int, part: int, center, radius: float) -> None:
         pc = self.cam.to_cam(np.asarray(center, dtype=np.float64))
@@ -998,6 +1015,10 @@ class _Scene:
             for _ in range(int(r.poisson(1.2))):
                 self._cross_vehicle()
 
+    def _px(self, x: float, z: float) -> float:
+        """Pixels per metre at ground position (x, z)."""
+        return self.cam.scale(self.cam.depth([x, 0.0, z]))
+
     def _kerb_x(self, side: int, inset: float) -> float:
         s = -1 if side == 0 else 1
         return s * (self.road[side] + inset)
@@ -1196,6 +1217,10 @@ class _Scene:
         rr = np.array([math.cos(heading), -math.sin(heading)])
         stride = 0.12 * h * walk
         leg = 0.47 * h
+        if self._px(x, z) * 0.075 * h < 0.5:  # too small for limbs
+            cv.box(inst, x, z, heading, 0.13 * h, 0.24 * h, 0.0, 0.82 * h)
+            cv.sphere(inst, SKIN, [x, 0.905 * h, z], 0.065 * h)
+            return
         for k in (-1, 1):
             p = np.array([x, z]) + rr * (k * 0.055 * h) + d * (k * stride / 2)
             cv.box(
@@ -1438,10 +1463,12 @@ class _Scene:
             q = p + d * a + rr * b
             return float(q[0]), float(q[1])
 
+        px = self._px(x, z)  # detail smaller than half a pixel is skipped
         if cls == CAR:
             h = _u(r, 1.35, 1.6)
+            wheels = px * 0.25 >= 0.5
             for a in (length / 2 - 0.8, -length / 2 + 0.8):
-                for b in (-1, 1):
+                for b in (-1, 1) if wheels else ():
                     cv.box(
                         inst,
                         *at(a, b * (width / 2 - 0.13)),
@@ -1453,11 +1480,11 @@ class _Scene:
                         parts=tire,
                     )
             yb = _u(r, 0.82, 0.95)
-            cv.box(inst, x, z, heading, length, width, 0.25, yb)
+            cv.box(inst, x, z, heading, length, width, 0.25 if wheels else 0.0, yb)
             cl = length * _u(r, 0.45, 0.58)
             off = -length * _u(r, 0.0, 0.1)
             cv.box(inst, *at(off), heading, cl, width * 0.88, yb, h, parts={**glass, "top": TOP})
-            for b in (-1, 1):
+            for b in (-1, 1) if px * 0.12 >= 0.5 else ():
                 cv.box(
                     inst,
                     *at(-length / 2 + 0.01, b * (width / 2 - 0.22)),
@@ -1972,7 +1999,9 @@ def generate_benchmark(
     and generator version is left untouched (``summary["generated"]`` is False). Anything
     else is regenerated into a temporary sibling and renamed into place; a non-empty
     directory that is not a benchmark is never replaced (``FileExistsError``). ``workers``
-    (default: up to 2 processes; 1 for small jobs) does not change the output.
+    (default: up to 2 processes; 1 for small jobs) does not change the output; worker
+    processes are *spawned*, so a calling script needs the usual ``if __name__ ==
+    "__main__":`` guard (console entry points and pytest have one).
     """
     cfg = config or BenchmarkConfig(seed, height, width, n_source, n_target_train, n_target_val)
     root = Path(out_root).absolute()
@@ -2045,11 +2074,14 @@ def _generate_into(tmp: Path, cfg: BenchmarkConfig, progress: bool, workers: int
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            # spawn, not fork: a forked child can deadlock in OpenCV's (or torch's) thread
+            # pool inherited from the parent
             with ProcessPoolExecutor(
-                workers, mp.get_context(method), initializer=_worker_init
+                workers, mp.get_context("spawn"), initializer=_worker_init
             ) as ex:
-                for res in ex.map(_job, jobs, chunksize=16):
+                for res in ex.map(
+                    _job, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers)))
+                ):
                     collect(res)
     finally:
         bar.close()

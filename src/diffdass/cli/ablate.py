@@ -1,0 +1,185 @@
+"""``diffdass ablate``: the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5 sweeps)
+over several seeds, as a markdown table of mean and spread.
+
+Per seed, the shared stages (benchmark, source-only g_0, target DDPM, oracle) run once in
+``OUT/seed<s>/base``; each row then runs PTL (and, where the row changes it, its own g_0)
+with the row's overrides and is scored on the labeled target split. Every row reuses
+finished work, so an interrupted ablation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffdass.adaptation.ptl import run_ptl
+from diffdass.adaptation.seg_training import train_segmenter
+from diffdass.cli.pipeline import PipelineConfig, _fill, evaluate_checkpoint, run_pipeline
+from diffdass.utils.config import ConfigError, from_dict, to_dict
+from diffdass.utils.io import atomic_write_text, read_json, write_json
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str
+    name: str
+    paper: str  # the paper's number for G->C, R101, for orientation only
+    ptl: dict = field(default_factory=dict)  # overrides of the PTL config
+    source_only: dict = field(default_factory=dict)  # overrides of g_0 training (own g_0)
+    single_domain: bool = False  # translate once at n = N, same fine-tuning budget
+
+
+ROWS: dict[str, list[Row]] = {
+    "table2": [
+        Row("table2", "(a) baseline phi^N, then training", "48.3", {"guidance.kind": "none"}, single_domain=True),
+        Row("table2", "(b) w/o SGG", "55.4", {"guidance.kind": "none"}),
+        Row("table2", "(c) w/o PTL", "58.3", {}, single_domain=True),
+        Row("table2", "(d) w/o LCG (GSG only)", "59.8", {"guidance.kind": "gsg"}),
+        Row("table2", "(e) w/o GSG (LCG only)", "60.5", {"guidance.kind": "lcg"}),
+        Row("table2", "(f) full", "61.9", {}),
+    ],
+    "table3": [
+        Row("table3", "(a) L_ada only", "61.5", {"loss_src": False}),
+        Row("table3", "(b) L_ada + L_src", "61.9", {}),
+    ],
+    "table5": [
+        Row("table5", "(a) LCG/GSG", "61.4", {"guidance.arrangement": "lcg_then_gsg"}),
+        Row("table5", "(b) GSG/LCG", "61.3", {"guidance.arrangement": "gsg_then_lcg"}),
+        Row("table5", "(c) alternate", "61.9", {}),
+        Row("table5", "(d) RandMix", "61.6", {"guidance.arrangement": "random"}),
+    ],
+    "appendix_c": [
+        Row(
+            "appendix_c",
+            "(a) w/o noisy-masked augmentation",
+            "61.7",
+            {"noisy_masked.prob": 0.0},
+            {"noisy_masked.prob": 0.0},
+        ),
+        Row("appendix_c", "(b) with augmentation", "61.9", {}),
+    ],
+}
+
+
+def sweep_rows(kind: str, values: list[float]) -> list[Row]:
+    if kind == "sweep_n":
+        return [Row("sweep_n", f"N = {int(v)}", "", {"n_max": int(v)}) for v in values]
+    if kind == "sweep_lambda":
+        return [Row("sweep_lambda", f"lambda = {v:g}", "", {"guidance.scale": float(v)}) for v in values]
+    raise ValueError(kind)
+
+
+def _apply(obj, overrides: dict):
+    d = to_dict(obj)
+    for key, v in overrides.items():
+        cur = d
+        *parts, last = key.split(".")
+        for p in parts:
+            cur = cur[p]
+        if last not in cur:
+            raise ConfigError(f"ablation override {key}: unknown key")
+        cur[last] = v
+    return from_dict(type(obj), d)
+
+
+def _slug(row: Row) -> str:
+    keep = "".join(ch if ch.isalnum() else "_" for ch in f"{row.group}_{row.name}".lower())
+    return "_".join(p for p in keep.split("_") if p)[:60]
+
+
+def run_row(base: PipelineConfig, row: Row, seed_dir: Path, progress: bool) -> float:
+    """Run one ablation row on top of the seed's shared stages; returns target mIoU."""
+    out = seed_dir / _slug(row)
+    key = base.evaluation.class_sets[0]
+    ptl_cfg = _apply(base.ptl, row.ptl)
+    if row.single_domain:
+        k = len(base.ptl.levels())
+        ptl_cfg = dataclasses.replace(
+            ptl_cfg,
+            domains="spread",
+            num_domains=1,
+            iterations_per_domain=base.ptl.iterations_per_domain * k,
+            reverse_steps=ptl_cfg.reverse_steps if base.ptl.domains == "spread" else None,
+        )
+    if row.source_only:
+        so = _apply(base.source_only, row.source_only)
+        train_segmenter(so, out / "source_only", progress)
+        ptl_cfg = dataclasses.replace(ptl_cfg, init=str(out / "source_only" / "checkpoints" / "final.safetensors"))
+    ptl_cfg = dataclasses.replace(ptl_cfg, eval_every=0, strip_images=0)
+    run_ptl(ptl_cfg, out / "ptl", progress)
+    gN = out / "ptl" / "checkpoints" / "final.safetensors"
+    res = evaluate_checkpoint(gN, base.val, base.evaluation, out / "eval", base.device)
+    return float(res["miou"][key])
+
+
+def run_ablation(
+    cfg: PipelineConfig,
+    out: str | Path,
+    groups: list[str],
+    seeds: list[int],
+    sweep_n: list[float] | None = None,
+    sweep_lambda: list[float] | None = None,
+    progress: bool = True,
+    echo=print,
+) -> Path:
+    """Run the chosen row groups for every seed and write ``OUT/ablation.md`` and ``.json``."""
+    rows: list[Row] = []
+    for g in groups:
+        if g in ROWS:
+            rows += ROWS[g]
+        elif g == "sweep_n":
+            rows += sweep_rows(g, sweep_n or [])
+        elif g == "sweep_lambda":
+            rows += sweep_rows(g, sweep_lambda or [])
+        else:
+            raise ConfigError(f"unknown ablation group {g!r}; choose from {[*ROWS, 'sweep_n', 'sweep_lambda']}")
+    out = Path(out)
+    results_path = out / "ablation.json"
+    results: dict = read_json(results_path) if results_path.is_file() else {}
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        base = copy.deepcopy(cfg)
+        base.seed = seed
+        base.out = str(seed_dir / "base")
+        if base.benchmark.enabled and not base.benchmark.root:
+            base.benchmark.root = str(out / "data")  # one benchmark for all seeds
+        echo(f"[ablate] seed {seed}: shared stages")
+        summary = run_pipeline(base, progress=progress, echo=echo)
+        base = _fill(base)
+        res = results.setdefault(str(seed), {})
+        res["source-only g_0"] = summary["miou"]["source_only"]
+        if "oracle" in summary["miou"]:
+            res["target oracle"] = summary["miou"]["oracle"]
+        for row in rows:
+            label = f"{row.group}: {row.name}"
+            if label in res:
+                continue
+            echo(f"[ablate] seed {seed}: {label}")
+            res[label] = run_row(base, row, seed_dir, progress)
+            write_json(results_path, results)
+        write_json(results_path, results)
+    md = format_table(results, rows, cfg.evaluation.class_sets[0])
+    atomic_write_text(out / "ablation.md", md)
+    return out / "ablation.md"
+
+
+def format_table(results: dict, rows: list[Row], key: str) -> str:
+    seeds = sorted(results, key=int)
+    labels = ["source-only g_0", "target oracle"] + [f"{r.group}: {r.name}" for r in rows]
+    paper = {f"{r.group}: {r.name}": r.paper for r in rows}
+    lines = [
+        f"| row | target mIoU{key} mean | std | n seeds | per seed | paper (G->C, R101) |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for lab in labels:
+        vals = [results[s][lab] for s in seeds if lab in results[s]]
+        if not vals:
+            continue
+        mean = statistics.fmean(vals)
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        per = ", ".join(f"{v:.1f}" for v in vals)
+        lines.append(f"| {lab} | {mean:.1f} | {std:.1f} | {len(vals)} | {per} | {paper.get(lab, '')} |")
+    return "\n".join(lines) + "\n"

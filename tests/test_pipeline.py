@@ -1,0 +1,193 @@
+"""PTL and the whole pipeline on a tiny configuration: end to end, kill-and-resume,
+both fine-tuning terms, the report and the ablation runner."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from diffdass.adaptation import seg_training
+from diffdass.adaptation.ptl import PTLConfig, run_ptl
+from diffdass.cli.pipeline import PipelineConfig, _fill, run_pipeline
+from diffdass.utils.config import load_config
+from diffdass.utils.io import load_tensors
+
+TINY = {
+    "benchmark.enabled": True,
+    "benchmark.height": 32,
+    "benchmark.width": 64,
+    "benchmark.n_source": 8,
+    "benchmark.n_target_train": 8,
+    "benchmark.n_target_val": 4,
+    "oracle": {"root": "", "split": "train_oracle"},
+    "evaluation.save_predictions": 2,
+    "source_only.model.arch": "fcn8s_tiny",
+    "source_only.optim.lr": 0.01,
+    "source_only.aug.crop": [32, 64],
+    "source_only.iterations": 3,
+    "source_only.batch_size": 2,
+    "source_only.num_workers": 0,
+    "source_only.noisy_masked.max_timestep": 20,
+    "ddpm.unet": "tiny",
+    "ddpm.iterations": 3,
+    "ddpm.batch_size": 2,
+    "ddpm.sample_every": 3,
+    "ddpm.sample_steps": 2,
+    "ddpm.n_samples": 2,
+    "ddpm.num_workers": 0,
+    "ptl.domains": "spread",
+    "ptl.n_max": 20,
+    "ptl.num_domains": 3,
+    "ptl.reverse_steps": 2,
+    "ptl.iterations_per_domain": 2,
+    "ptl.batch_size": 2,
+    "ptl.translate_batch_size": 4,
+    "ptl.aug.crop": [32, 64],
+    "ptl.guidance.chunk_size": 8,
+    "ptl.noisy_masked.max_timestep": 20,
+    "ptl.eval_every": 1,
+    "ptl.strip_images": 1,
+    "device": "cpu",
+}
+
+
+def tiny_config(out, **kw) -> PipelineConfig:
+    over = dict(TINY)
+    over["out"] = str(out)
+    over.update(kw)
+    return load_config(PipelineConfig, None, over, validate=False)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    summary = run_pipeline(tiny_config(out), progress=False, echo=lambda *_: None)
+    return out, summary
+
+
+def test_pipeline_end_to_end(pipeline_run):
+    out, summary = pipeline_run
+    assert set(summary["miou"]) == {"source_only", "ptl", "oracle"}
+    for f in (
+        "summary.json",
+        "report.html",
+        "source_only/checkpoints/final.safetensors",
+        "ddpm/checkpoints/final.safetensors",
+        "ddpm/samples/samples_0000003.png",
+        "ptl/checkpoints/final.safetensors",
+        "ptl/domains.json",
+        "ptl/eval/metrics.json",
+        "report/per_class_iou.png",
+        "report/strips.png",
+        "report/miou_along_n.png",
+    ):
+        assert (out / f).is_file(), f
+    domains = json.loads((out / "ptl" / "domains.json").read_text())
+    assert [d["n"] for d in domains] == [7, 13, 20]
+    assert all(d["reverse_steps"] == 2 for d in domains)
+    assert all("val_miou" in d for d in domains)
+
+
+def test_report_contains_metrics(pipeline_run):
+    out, summary = pipeline_run
+    html = (out / "report.html").read_text()
+    ev0 = json.loads((out / "source_only" / "eval" / "metrics.json").read_text())
+    evN = json.loads((out / "ptl" / "eval" / "metrics.json").read_text())
+    assert f"{ev0['miou']['19']:.1f}" in html
+    assert f"{evN['miou']['19']:.1f}" in html
+    assert f"{summary['miou']['oracle']:.1f}" in html
+    # per-class numbers are in the table
+    cls, val = next((c, v) for c, v in evN["per_class_iou"].items() if v is not None)
+    assert re.search(rf"<td>{re.escape(cls)}</td>", html)
+    assert "data:image/png;base64," in html  # self-contained
+
+
+def test_pipeline_rerun_reuses_stages(pipeline_run):
+    out, _ = pipeline_run
+    ckpts = [out / p for p in ("source_only", "ddpm", "ptl")]
+    before = [(p / "checkpoints" / "final.safetensors").stat().st_mtime_ns for p in ckpts]
+    run_pipeline(tiny_config(out), progress=False, echo=lambda *_: None)
+    after = [(p / "checkpoints" / "final.safetensors").stat().st_mtime_ns for p in ckpts]
+    assert before == after
+
+
+def _ptl_cfg(pipe_out, **kw) -> PTLConfig:
+    cfg = _fill(tiny_config(pipe_out))
+    over = {"eval_every": 0, "strip_images": 0, "val": None}
+    over.update(kw)
+    import dataclasses
+
+    return dataclasses.replace(cfg.ptl, **over)
+
+
+def test_ptl_kill_and_resume_equals_uninterrupted(pipeline_run, tmp_path, monkeypatch):
+    pipe_out, _ = pipeline_run
+    cfg = _ptl_cfg(pipe_out)
+    full = run_ptl(cfg, tmp_path / "full", progress=False)
+    orig = seg_training.SegTrainer.step
+
+    def dying(self, it, batches):
+        if it == 3:  # second iteration of the second domain
+            raise KeyboardInterrupt
+        return orig(self, it, batches)
+
+    monkeypatch.setattr(seg_training.SegTrainer, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_ptl(cfg, tmp_path / "part", progress=False)
+    monkeypatch.setattr(seg_training.SegTrainer, "step", orig)
+    assert not (tmp_path / "part" / "checkpoints" / "final.safetensors").exists()
+    part = run_ptl(cfg, tmp_path / "part", progress=False)
+    assert "resuming after domain 1 of 3" in (tmp_path / "part" / "run.log").read_text()
+    a = load_tensors(tmp_path / "full" / "checkpoints" / "final.safetensors")
+    b = load_tensors(tmp_path / "part" / "checkpoints" / "final.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full["levels"] == part["levels"]
+
+
+def test_fine_tuning_uses_both_terms(pipeline_run, tmp_path):
+    pipe_out, _ = pipeline_run
+    run_ptl(_ptl_cfg(pipe_out, num_domains=1), tmp_path / "both", progress=False)
+    run_ptl(_ptl_cfg(pipe_out, num_domains=1, loss_src=False), tmp_path / "ada", progress=False)
+    both = json.loads((tmp_path / "both" / "domains.json").read_text())[0]
+    ada = json.loads((tmp_path / "ada" / "domains.json").read_text())[0]
+    assert both["loss_src"] is not None and both["loss_src"] > 0
+    assert both["loss"] == pytest.approx(both["loss_ada"] + both["loss_src"], rel=1e-5)
+    assert ada["loss_src"] is None
+    assert ada["loss"] == pytest.approx(ada["loss_ada"], rel=1e-6)
+
+
+def test_ptl_domain_schedules():
+    every = PTLConfig(n_max=5, iterations_per_domain=3, batch_size=2)
+    assert every.levels() == [1, 2, 3, 4, 5]
+    assert every.cost() == 3 * 2 * (1 + 2 + 3 + 4 + 5)
+    spread = PTLConfig(domains="spread", n_max=600, num_domains=4, reverse_steps=50, iterations_per_domain=1, batch_size=1)
+    assert spread.levels() == [150, 300, 450, 600]
+    assert spread.cost() == 4 * 50
+
+
+def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
+    from diffdass.cli.ablate import ROWS, run_ablation
+
+    pipe_out, _ = pipeline_run
+    cfg = tiny_config(tmp_path / "unused", **{"ptl.num_domains": 2, "ptl.eval_every": 0})
+    md = run_ablation(
+        cfg,
+        tmp_path / "abl",
+        ["table2", "table3", "table5", "appendix_c", "sweep_n", "sweep_lambda"],
+        [0],
+        sweep_n=[10],
+        sweep_lambda=[0.0],
+        progress=False,
+        echo=lambda *_: None,
+    ).read_text()
+    for group in ROWS.values():
+        for row in group:
+            assert row.name in md, row.name
+    assert "N = 10" in md and "lambda = 0" in md
+    assert "source-only g_0" in md and "target oracle" in md
+    res = json.loads((tmp_path / "abl" / "ablation.json").read_text())["0"]
+    assert all(0.0 <= v <= 100.0 for v in res.values())
