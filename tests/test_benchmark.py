@@ -121,6 +121,13 @@ def test_all_classes_occur():
         assert not missing, f"domain {domain}: classes never drawn: {missing}"
 
 
+def test_same_scene_at_any_resolution():
+    for i in range(3):
+        small = bm.sample_layout(np.random.default_rng([0, 0, i, 0]), 32, 64).label
+        big = bm.sample_layout(np.random.default_rng([0, 0, i, 0]), 128, 256).label
+        assert (small == big[1::4, 1::4]).mean() > 0.85
+
+
 def test_small_classes_are_common():
     small = (5, 6, 7, 11, 12, 17, 18)  # pole, light, sign, person, rider, motorcycle, bicycle
     present = np.zeros(19)

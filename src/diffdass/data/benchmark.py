@@ -64,7 +64,17 @@ processes and worker counts. Layout parameters are in metres, so a seed gives th
 scene at any resolution. The whole root is written into a temporary sibling directory and
 renamed into place, so ``ROOT`` is never half-written; ``benchmark.json`` is written last
 and an existing complete root with the same config and generator version is left
-untouched.
+untouched (bump :data:`GENERATOR_VERSION` whenever the output changes).
+
+Cost: about 10-15 ms of CPU for a layout and 10 ms for a target rendering at 64x128
+(about 20 s of CPU for the default 900 images, spread over two spawned worker processes);
+at 256x512 about 0.2 s per image.
+
+Public API: :class:`BenchmarkConfig`, :func:`generate_benchmark`, :func:`preview_figure`,
+:func:`make_sample` (one image), :func:`sample_layout` / :func:`render_source` /
+:func:`render_target` (render any label layout in either style, e.g. for paired checks of a
+translation model), :func:`content_hash`. Command line:
+``python -m diffdass.data.benchmark ROOT [--height 256 --width 512] [--preview out.png]``.
 """
 
 from __future__ import annotations
@@ -106,7 +116,7 @@ __all__ = [
     "sample_layout",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: far cars/people drawn without sub-pixel parts
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
 # train ids
@@ -1338,11 +1348,8 @@ class _Scene:
         q = p + d * 0.07
         cv.box(inst, q[0], q[1], heading, 0.24, 0.42, ys + t * 0.5, ys + t)
         for k in (-1, 1):
-            sh = np.array(
-                [*(p + rr * (k * 0.2) + d * 0.07)][:1]
-                + [ys + t * 0.95]
-                + [*(p + rr * (k * 0.2) + d * 0.07)][1:]
-            )
+            gx, gz = p + rr * (k * 0.2) + d * 0.07  # shoulder on the ground plane
+            sh = np.array([gx, ys + t * 0.95, gz])
             cv.rod(inst, BASE, sh, geo["bar"] + np.array([rr[0], 0, rr[1]]) * (k * 0.22), 0.08)
         head = p + d * 0.15
         helmet = motor and r.random() < 0.85
@@ -2016,6 +2023,9 @@ def generate_benchmark(
                 "refusing to replace it -- pick another directory or remove it"
             )
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the root should not be
         try:
             meta = _generate_into(tmp, cfg, progress, workers)
             meta["seconds"] = round(time.perf_counter() - t0, 2)
