@@ -35,12 +35,12 @@ class GuidanceConfig:
     arrangement: str = "alternate"  # alternate | lcg_then_gsg | gsg_then_lcg | random
     lcg_mode: str = "batched"  # batched | loop (naive reference) | single_pass (approximation)
     chunk_size: int = 16  # masked images per segmenter pass in batched LCG
-    # How the pixel cross-entropies are reduced. "sum": log p(y | x_t) of a label map
-    # factorises over pixels, so its gradient is the sum of the per-pixel ones - the exact
-    # analogue of classifier guidance's log p(y | x) and independent of the resolution.
-    # "mean" divides by the number of labelled pixels (per image; per class region for LCG),
-    # which makes lambda's effect shrink with the image size.
-    reduction: str = "sum"
+    # How the pixel cross-entropies of L_ce are reduced. "mean" (default): torch's
+    # cross-entropy as written in Eq. 6 and 10 (per image; per class region for LCG).
+    # "sum": log p(y | x_t) of a label map factorises over pixels, so its gradient is the
+    # sum of the per-pixel ones; the shift per pixel then no longer shrinks with the image
+    # size, and lambda must be far smaller (docs/translation.md has the measured sweep).
+    reduction: str = "mean"
     amp: bool = True  # bf16 segmenter forward on CUDA
 
     def validate(self) -> None:

@@ -115,14 +115,16 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
     run = RunDir(out, "run")
     times: dict[str, float] = {}
     summary_path = out / "summary.json"
-    prev = read_json(summary_path) if summary_path.is_file() else {}
-    times.update(prev.get("seconds", {}))
+    if (out / "stage_seconds.json").is_file():
+        times.update(read_json(out / "stage_seconds.json"))
 
     def stage(name, fn):
+        """Run one stage; its wall time accumulates over resumed invocations."""
         echo(f"[diffdass] stage: {name}")
         t = time.perf_counter()
         res = fn()
         times[name] = times.get(name, 0.0) + (time.perf_counter() - t)
+        write_json(out / "stage_seconds.json", times)
         return res
 
     if cfg.benchmark.enabled:
