@@ -23,8 +23,12 @@ from diffdass.evaluation.consistency import label_consistency
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="finished `diffdass run` directory")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--run", type=Path, default=Path("runs/benchmark"), help="finished `diffdass run` directory"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/translation_quality"))
     p.add_argument("--n", type=int, nargs="+", default=[150, 300], help="translation depths")
     p.add_argument("--variants", nargs="+", default=["none", "gsg", "lcg", "sgg"])

@@ -36,7 +36,14 @@ def write_folder_dataset(
         for c, (a, b) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, w], strict=True)):
             lbl[:, a:b] = c
         lbl[0, 0] = 255
-        img = np.stack([colours[lbl % num_classes], 255 - colours[lbl % num_classes], rng.integers(0, 40, (h, w))], -1)
+        img = np.stack(
+            [
+                colours[lbl % num_classes],
+                255 - colours[lbl % num_classes],
+                rng.integers(0, 40, (h, w)),
+            ],
+            -1,
+        )
         img = img.astype(np.uint8)
         save_image(root / split / "images" / f"img{i:03d}.png", img)
         if labels:

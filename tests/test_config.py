@@ -33,8 +33,15 @@ def test_precedence_defaults_yaml_flags(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("steps: 20\ninner:\n  lr: 0.5\n  sizes: [2, 3]\n")
     cfg = load_config(Outer, p, {"inner.lr": 0.25, "name": None})
-    assert cfg.steps == 20 and cfg.inner.lr == 0.25 and cfg.inner.sizes == [2, 3] and cfg.name == "x"
-    assert to_dict(cfg) == {"name": "x", "steps": 20, "flag": False, "inner": {"lr": 0.25, "sizes": [2, 3]}}
+    assert (
+        cfg.steps == 20 and cfg.inner.lr == 0.25 and cfg.inner.sizes == [2, 3] and cfg.name == "x"
+    )
+    assert to_dict(cfg) == {
+        "name": "x",
+        "steps": 20,
+        "flag": False,
+        "inner": {"lr": 0.25, "sizes": [2, 3]},
+    }
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):

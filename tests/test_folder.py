@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_folder_dataset
 from PIL import Image
 
 from diffdass.data.folder import (
@@ -18,6 +17,8 @@ from diffdass.data.folder import (
 )
 from diffdass.data.transforms import RandomCrop, RandomHFlip, RandomScale, train_transform
 from diffdass.utils.io import save_image
+
+from conftest import write_folder_dataset
 
 
 def test_classes_yaml_roundtrip(tmp_path):
@@ -78,7 +79,9 @@ def test_image_without_label_is_an_error(tiny_dataset):
 def test_size_mismatch_names_both_files(tiny_dataset):
     save_image(tiny_dataset / "train" / "labels" / "img001.png", np.zeros((8, 8), np.uint8))
     ds = FolderDataset(tiny_dataset, "train")
-    with pytest.raises(DataError, match=r"img001.png: label size 8x8 does not match image .*img001.png size 48x32"):
+    with pytest.raises(
+        DataError, match=r"img001.png: label size 8x8 does not match image .*img001.png size 48x32"
+    ):
         ds[1]
 
 

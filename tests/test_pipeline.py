@@ -164,7 +164,14 @@ def test_ptl_domain_schedules():
     every = PTLConfig(n_max=5, iterations_per_domain=3, batch_size=2)
     assert every.levels() == [1, 2, 3, 4, 5]
     assert every.cost() == 3 * 2 * (1 + 2 + 3 + 4 + 5)
-    spread = PTLConfig(domains="spread", n_max=600, num_domains=4, reverse_steps=50, iterations_per_domain=1, batch_size=1)
+    spread = PTLConfig(
+        domains="spread",
+        n_max=600,
+        num_domains=4,
+        reverse_steps=50,
+        iterations_per_domain=1,
+        batch_size=1,
+    )
     assert spread.levels() == [150, 300, 450, 600]
     assert spread.cost() == 4 * 50
 
@@ -173,7 +180,7 @@ def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
     from diffdass.cli.ablate import ROWS, run_ablation
 
     pipe_out, _ = pipeline_run
-    cfg = tiny_config(tmp_path / "unused", **{"ptl.num_domains": 2, "ptl.eval_every": 0})
+    cfg = tiny_config(tmp_path / "unused", **{"ptl.num_domains": 1, "ptl.eval_every": 0})
     md = run_ablation(
         cfg,
         tmp_path / "abl",

@@ -23,6 +23,7 @@ from diffdass.data.labels import (
     SYNTHIA_ID_TO_TRAINID,
 )
 from diffdass.data.prepare import prepare_dataset
+
 from fixtures_real import (
     CITYSCAPES_UNMAPPED,
     PROTOCOL_CITYSCAPES,

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import write_folder_dataset
 
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
@@ -15,6 +14,8 @@ from diffdass.models.checkpoint import load_segmenter
 from diffdass.utils.checkpoint import load_checkpoint
 from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors
+
+from conftest import write_folder_dataset
 
 
 def _cfg(root, **kw) -> TrainSegConfig:
@@ -37,7 +38,15 @@ def _cfg(root, **kw) -> TrainSegConfig:
 def test_loss_decreases_on_benchmark(tmp_path):
     from diffdass.data.benchmark import generate_benchmark
 
-    generate_benchmark(tmp_path / "b", n_source=24, n_target_train=4, n_target_val=4, height=32, width=64, progress=False)
+    generate_benchmark(
+        tmp_path / "b",
+        n_source=24,
+        n_target_train=4,
+        n_target_val=4,
+        height=32,
+        width=64,
+        progress=False,
+    )
     cfg = _cfg(tmp_path / "b" / "source", iterations=40, batch_size=8, checkpoint_every=100)
     m = train_segmenter(cfg, tmp_path / "run", progress=False)
     assert m["loss_last"] < 0.8 * m["loss_first"], m
@@ -95,7 +104,9 @@ def test_changed_config_refuses_to_mix(tmp_path):
     root = write_folder_dataset(tmp_path / "ds", n=4)
     train_segmenter(_cfg(root, iterations=2), tmp_path / "r", progress=False)
     with pytest.raises(ConfigError, match="different config"):
-        train_segmenter(_cfg(root, iterations=2, **{"optim.lr": 0.5}), tmp_path / "r", progress=False)
+        train_segmenter(
+            _cfg(root, iterations=2, **{"optim.lr": 0.5}), tmp_path / "r", progress=False
+        )
 
 
 def test_nan_loss_is_reported_and_checkpoint_kept(tmp_path):

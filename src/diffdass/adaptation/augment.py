@@ -32,7 +32,9 @@ class NoisyMaskedAugment:
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must lie in [0, 1], got {prob}")
         if not 1 <= max_timestep <= schedule.num_timesteps:
-            raise ValueError(f"max_timestep must lie in [1, {schedule.num_timesteps}], got {max_timestep}")
+            raise ValueError(
+                f"max_timestep must lie in [1, {schedule.num_timesteps}], got {max_timestep}"
+            )
         self.schedule = schedule
         self.prob = prob
         self.max_timestep = max_timestep
@@ -59,7 +61,9 @@ class NoisyMaskedAugment:
                 continue
             c = present[min(int(u[i] * present.numel()), present.numel() - 1)]
             x_t = self.schedule.q_sample(
-                images[i : i + 1], t[i : i + 1].to(images.device), noise[i : i + 1].to(images.device)
+                images[i : i + 1],
+                t[i : i + 1].to(images.device),
+                noise[i : i + 1].to(images.device),
             )
             m = labels[i] == c
             images[i] = x_t[0] * m.to(images.dtype)

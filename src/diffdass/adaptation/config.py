@@ -29,10 +29,16 @@ class AugConfig:
             v = getattr(self, name)
             if v is not None and (len(v) != 2 or min(v) <= 0):
                 raise ConfigError(f"aug.{name}: expected [H, W] with positive sizes, got {v}")
-        if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
-            raise ConfigError(f"aug.scale: expected [low, high] with 0 < low <= high, got {self.scale}")
+        if self.scale is not None and (
+            len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]
+        ):
+            raise ConfigError(
+                f"aug.scale: expected [low, high] with 0 < low <= high, got {self.scale}"
+            )
         if self.scale is not None and self.crop is None:
-            raise ConfigError("aug.scale needs aug.crop: rescaled images must be cropped to one size")
+            raise ConfigError(
+                "aug.scale needs aug.crop: rescaled images must be cropped to one size"
+            )
 
 
 @dataclass

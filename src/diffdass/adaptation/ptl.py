@@ -34,9 +34,15 @@ from tqdm.auto import tqdm
 
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.config import AugConfig, NoisyMaskedConfig, OptimConfig
-from diffdass.adaptation.seg_training import SegTrainer, segmenter_meta
+from diffdass.adaptation.seg_training import SegTrainer
 from diffdass.adaptation.translation import GuidanceConfig, batch_generator, translate_batch
-from diffdass.data.folder import DomainSpec, FolderDataset, StreamBatchSampler, StreamDataset, tensor_to_image
+from diffdass.data.folder import (
+    DomainSpec,
+    FolderDataset,
+    StreamBatchSampler,
+    StreamDataset,
+    tensor_to_image,
+)
 from diffdass.data.transforms import Resize, train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -83,7 +89,9 @@ class PTLConfig:
         if self.num_domains is not None and not 1 <= self.num_domains <= self.n_max:
             raise ConfigError(f"num_domains must lie in 1..n_max ({self.n_max})")
         if self.domains == "every" and self.reverse_steps is not None:
-            raise ConfigError("reverse_steps applies to domains='spread' only (every: n reverse steps)")
+            raise ConfigError(
+                "reverse_steps applies to domains='spread' only (every: n reverse steps)"
+            )
 
     def levels(self) -> list[int]:
         """The noise depth n_k of every domain, in order."""
@@ -126,7 +134,9 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     unet, dmeta = load_ddpm(cfg.ddpm, device)
     schedule = DDPMSchedule(num_timesteps=int(dmeta.get("num_timesteps", 1000)))
     if cfg.n_max > schedule.num_timesteps:
-        raise ConfigError(f"n_max {cfg.n_max} exceeds the DDPM's {schedule.num_timesteps} timesteps")
+        raise ConfigError(
+            f"n_max {cfg.n_max} exceeds the DDPM's {schedule.num_timesteps} timesteps"
+        )
     model, smeta = load_segmenter(cfg.init, device)
     a = cfg.aug
     if a.crop is None and a.resize is None:
@@ -147,8 +157,14 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     total_iters = len(levels) * cfg.iterations_per_domain
     nm = None
     if cfg.noisy_masked.prob > 0:
-        nm = NoisyMaskedAugment(schedule, cfg.noisy_masked.prob, min(cfg.noisy_masked.max_timestep, schedule.num_timesteps))
-    trainer = SegTrainer(model, cfg.optim, total_iters, device, cfg.seed, cfg.amp, cfg.freeze_bn, nm)
+        nm = NoisyMaskedAugment(
+            schedule,
+            cfg.noisy_masked.prob,
+            min(cfg.noisy_masked.max_timestep, schedule.num_timesteps),
+        )
+    trainer = SegTrainer(
+        model, cfg.optim, total_iters, device, cfg.seed, cfg.amp, cfg.freeze_bn, nm
+    )
     meta = segmenter_meta_from(smeta)
     last = run.ckpt_dir / "last.safetensors"
     start_k = 0
@@ -158,8 +174,12 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         run.logger.info("resuming after domain %d of %d", start_k, len(levels))
     hist_path = run.path / "domains.json"
     history = read_json(hist_path)[:start_k] if hist_path.is_file() else []
-    val_ds = FolderDataset(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
-    strip_ds = FolderDataset(cfg.source.root, cfg.source.split, "required", Resize(*_fixed_size(ds, a)))
+    val_ds = (
+        FolderDataset(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
+    )
+    strip_ds = FolderDataset(
+        cfg.source.root, cfg.source.split, "required", Resize(*_fixed_size(ds, a))
+    )
     strip_idx = list(range(min(cfg.strip_images, len(strip_ds))))
     run.logger.info(
         "PTL: %d domains (n = %s), %d iterations each, translation cost %d reverse image-steps",
@@ -168,7 +188,14 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         cfg.iterations_per_domain,
         cfg.cost(),
     )
-    bar = tqdm(total=len(levels), initial=start_k, desc="PTL", unit="domain", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(levels),
+        initial=start_k,
+        desc="PTL",
+        unit="domain",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     t_run = time.perf_counter()
     imgs_done = 0
     for k in range(start_k, len(levels)):
@@ -176,21 +203,41 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device)
         imgs_done += rec["translated_images"]
         if strip_idx:
-            _save_strip(cfg, k, n, strip_ds, strip_idx, trainer.model, unet, schedule, device, run.path)
-        if val_ds is not None and cfg.eval_every and ((k + 1) % cfg.eval_every == 0) and k + 1 < len(levels):
-            res = evaluate(trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False)
+            _save_strip(
+                cfg, k, n, strip_ds, strip_idx, trainer.model, unet, schedule, device, run.path
+            )
+        if (
+            val_ds is not None
+            and cfg.eval_every
+            and ((k + 1) % cfg.eval_every == 0)
+            and k + 1 < len(levels)
+        ):
+            res = evaluate(
+                trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False
+            )
             rec["val_miou"] = res["miou"]
             trainer.model.train()
         history.append(rec)
         # domain k is complete: the checkpoint and history move together
-        save_checkpoint(last, {"model": trainer.model}, trainer.optimizer, meta | {"domain": k + 1, "n": n})
+        save_checkpoint(
+            last, {"model": trainer.model}, trainer.optimizer, meta | {"domain": k + 1, "n": n}
+        )
         write_json(hist_path, history)
         el = time.perf_counter() - t_run
         bar.set_postfix(n=n, loss=f"{rec['loss']:.3f}", img_s=f"{imgs_done / max(el, 1e-9):.2f}")
         bar.update(1)
-        run.logger.info("domain %d/%d n=%d loss %.4f (%.1fs)", k + 1, len(levels), n, rec["loss"], rec["seconds"])
+        run.logger.info(
+            "domain %d/%d n=%d loss %.4f (%.1fs)",
+            k + 1,
+            len(levels),
+            n,
+            rec["loss"],
+            rec["seconds"],
+        )
     bar.close()
-    save_checkpoint(final, {"model": trainer.model}, None, meta | {"domain": len(levels), "n": levels[-1]})
+    save_checkpoint(
+        final, {"model": trainer.model}, None, meta | {"domain": len(levels), "n": levels[-1]}
+    )
     metrics = {
         "stage": "ptl",
         "complete": True,
@@ -205,7 +252,9 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         "checkpoint_kind": "last",
     }
     if val_ds is not None:
-        res = evaluate(trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False)
+        res = evaluate(
+            trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False
+        )
         metrics["val"] = {k: v for k, v in res.items() if k != "table"}
         history[-1]["val_miou"] = res["miou"]
         write_json(hist_path, history)
@@ -226,9 +275,9 @@ def _fixed_size(ds: FolderDataset, a: AugConfig) -> tuple[int, int]:
 def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> dict:
     """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune."""
     t0 = time.perf_counter()
-    I, B = cfg.iterations_per_domain, cfg.batch_size
-    first_it = k * I
-    sampler = StreamBatchSampler(len(ds), B, cfg.seed, first_it, first_it + I)
+    iters, bs = cfg.iterations_per_domain, cfg.batch_size
+    first_it = k * iters
+    sampler = StreamBatchSampler(len(ds), bs, cfg.seed, first_it, first_it + iters)
     keys = [key for batch in sampler for key in batch]
     stream = StreamDataset(ds)
     guide = copy.deepcopy(trainer.model).eval()
@@ -259,8 +308,8 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> d
     t_tr = time.perf_counter() - t0
     xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
     losses, parts = [], []
-    for i in range(I):
-        sl = slice(i * B, (i + 1) * B)
+    for i in range(iters):
+        sl = slice(i * bs, (i + 1) * bs)
         batches = [(xn[sl].float(), ys[sl])]
         if cfg.loss_src:
             batches.append((xs[sl].float(), ys[sl]))
@@ -289,8 +338,16 @@ def _save_strip(cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_pat
     was_training = model.training
     model.eval()
     xg = translate_batch(
-        x0, y, n, unet, schedule, model, cfg.guidance, batch_generator(_domain_seed(cfg.seed, 0, 9), 0),
-        cfg.reverse_steps if cfg.domains == "spread" else None, seed=cfg.seed,
+        x0,
+        y,
+        n,
+        unet,
+        schedule,
+        model,
+        cfg.guidance,
+        batch_generator(_domain_seed(cfg.seed, 0, 9), 0),
+        cfg.reverse_steps if cfg.domains == "spread" else None,
+        seed=cfg.seed,
     )
     model.train(was_training)
     for it, x in zip(items, xg, strict=True):

@@ -73,7 +73,9 @@ def step_seed(seed: int, it: int, stream: int = 0) -> int:
     return int(np.random.default_rng([seed, stream, it]).integers(0, 2**63 - 1))
 
 
-def seg_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255):
+def seg_loss(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
+):
     """Pixel cross-entropy, logits upsampled bilinearly to the label size."""
     logits = model(images)
     if logits.shape[-2:] != labels.shape[-2:]:
@@ -153,7 +155,12 @@ class SegTrainer:
             )
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "parts": [p.item() for p in parts], "lr": lr, "augmented": n_aug}
+        return {
+            "loss": loss.item(),
+            "parts": [p.item() for p in parts],
+            "lr": lr,
+            "augmented": n_aug,
+        }
 
     def save(self, path: Path, it: int, meta: dict | None = None) -> Path:
         m = dict(meta or {})
@@ -189,7 +196,9 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
     ``out/metrics.json``; returns the metrics.
     """
     validate_tree(cfg)
-    run = RunDir(out, "train-seg").open(cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every"))
+    run = RunDir(out, "train-seg").open(
+        cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every")
+    )
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
@@ -204,11 +213,17 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
         scale=tuple(a.scale) if a.scale else None,
         hflip=a.hflip,
     )
-    ds = FolderDataset(cfg.source.root, cfg.source.split, "required", tf, cfg.on_error, seed=cfg.seed)
-    model = build_segmenter(cfg.model.arch, ds.classes.num_classes, pretrained=_pretrained(cfg.model.pretrained))
+    ds = FolderDataset(
+        cfg.source.root, cfg.source.split, "required", tf, cfg.on_error, seed=cfg.seed
+    )
+    model = build_segmenter(
+        cfg.model.arch, ds.classes.num_classes, pretrained=_pretrained(cfg.model.pretrained)
+    )
     nm = None
     if cfg.noisy_masked.prob > 0:
-        nm = NoisyMaskedAugment(DDPMSchedule(), cfg.noisy_masked.prob, cfg.noisy_masked.max_timestep)
+        nm = NoisyMaskedAugment(
+            DDPMSchedule(), cfg.noisy_masked.prob, cfg.noisy_masked.max_timestep
+        )
     trainer = SegTrainer(
         model, cfg.optim, cfg.iterations, device, cfg.seed, cfg.amp, cfg.model.freeze_bn, nm
     )
@@ -219,7 +234,13 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
         run.logger.info("resuming from iteration %d", start)
     history = _load_history(run.path)
     loader = make_loader(ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers)
-    bar = tqdm(total=cfg.iterations, initial=start, desc="train-seg", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.iterations,
+        initial=start,
+        desc="train-seg",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     t0, seen = time.perf_counter(), 0
     it = start
     for it, batch in enumerate(loader, start=start):
@@ -232,14 +253,16 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
             trainer.save(last, it + 1, meta)
             _save_history(run.path, history)
-            run.logger.info("iteration %d loss %.4f lr %.3e %.1f img/s", it + 1, stats["loss"], stats["lr"], ips)
+            run.logger.info(
+                "iteration %d loss %.4f lr %.3e %.1f img/s", it + 1, stats["loss"], stats["lr"], ips
+            )
     bar.close()
     if ds.skipped:
         run.logger.warning("skipped %d bad samples: %s", len(ds.skipped), ds.skipped)
     save_checkpoint(final, {"model": trainer.model}, None, meta | {"iteration": cfg.iterations})
     trainer.save(last, cfg.iterations, meta)
     _save_history(run.path, history)
-    losses = [l for _, l in history]
+    losses = [loss for _, loss in history]
     k = max(1, len(losses) // 10)
     metrics = {
         "stage": "train-seg",

@@ -84,7 +84,13 @@ def translate_batch(
     )
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda and guidance.amp):
         out = translate(
-            images, n, as_eps_fn(unet), schedule, guidance=g, generator=generator, respace_steps=respace_steps
+            images,
+            n,
+            as_eps_fn(unet),
+            schedule,
+            guidance=g,
+            generator=generator,
+            respace_steps=respace_steps,
         )
     return out.float().clamp(-1, 1)
 
@@ -175,23 +181,47 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
         x0 = torch.stack([it["image"] for it in items]).to(device)
         y = torch.stack([it["label"] for it in items]).to(device)
         guided = translate_batch(
-            x0, y, cfg.n, unet, schedule, seg, cfg.guidance, batch_generator(cfg.seed, b), cfg.respace_steps, cfg.seed + b
+            x0,
+            y,
+            cfg.n,
+            unet,
+            schedule,
+            seg,
+            cfg.guidance,
+            batch_generator(cfg.seed, b),
+            cfg.respace_steps,
+            cfg.seed + b,
         )
         for it, x in zip(items, guided, strict=True):
-            save_image(dst / split / "labels" / f"{it['stem']}.png", it["label"].numpy().astype(np.uint8))
+            save_image(
+                dst / split / "labels" / f"{it['stem']}.png", it["label"].numpy().astype(np.uint8)
+            )
             save_image(dst / split / "images" / f"{it['stem']}.png", tensor_to_image(x))
         if need_preview:
             base = guided
             if cfg.guidance.kind != "none":
                 none = GuidanceConfig(kind="none")
                 base = translate_batch(
-                    x0, y, cfg.n, unet, schedule, None, none, batch_generator(cfg.seed, b), cfg.respace_steps
+                    x0,
+                    y,
+                    cfg.n,
+                    unet,
+                    schedule,
+                    None,
+                    none,
+                    batch_generator(cfg.seed, b),
+                    cfg.respace_steps,
                 )
             for it, xb, xg in zip(items, base, guided, strict=True):
                 if len(preview_rows) < cfg.preview:
                     lbl = colorize(it["label"].numpy().astype(np.uint8), ds.classes.palette)
                     preview_rows.append(
-                        [tensor_to_image(it["image"]), lbl, tensor_to_image(xb), tensor_to_image(xg)]
+                        [
+                            tensor_to_image(it["image"]),
+                            lbl,
+                            tensor_to_image(xb),
+                            tensor_to_image(xg),
+                        ]
                     )
         done += len(idx)
         bar.update(len(idx))

@@ -34,7 +34,13 @@ class Row:
 
 ROWS: dict[str, list[Row]] = {
     "table2": [
-        Row("table2", "(a) baseline phi^N, then training", "48.3", {"guidance.kind": "none"}, single_domain=True),
+        Row(
+            "table2",
+            "(a) baseline phi^N, then training",
+            "48.3",
+            {"guidance.kind": "none"},
+            single_domain=True,
+        ),
         Row("table2", "(b) w/o SGG", "55.4", {"guidance.kind": "none"}),
         Row("table2", "(c) w/o PTL", "58.3", {}, single_domain=True),
         Row("table2", "(d) w/o LCG (GSG only)", "59.8", {"guidance.kind": "gsg"}),
@@ -68,7 +74,9 @@ def sweep_rows(kind: str, values: list[float]) -> list[Row]:
     if kind == "sweep_n":
         return [Row("sweep_n", f"N = {int(v)}", "", {"n_max": int(v)}) for v in values]
     if kind == "sweep_lambda":
-        return [Row("sweep_lambda", f"lambda = {v:g}", "", {"guidance.scale": float(v)}) for v in values]
+        return [
+            Row("sweep_lambda", f"lambda = {v:g}", "", {"guidance.scale": float(v)}) for v in values
+        ]
     raise ValueError(kind)
 
 
@@ -107,7 +115,9 @@ def run_row(base: PipelineConfig, row: Row, seed_dir: Path, progress: bool) -> f
     if row.source_only:
         so = _apply(base.source_only, row.source_only)
         train_segmenter(so, out / "source_only", progress)
-        ptl_cfg = dataclasses.replace(ptl_cfg, init=str(out / "source_only" / "checkpoints" / "final.safetensors"))
+        ptl_cfg = dataclasses.replace(
+            ptl_cfg, init=str(out / "source_only" / "checkpoints" / "final.safetensors")
+        )
     ptl_cfg = dataclasses.replace(ptl_cfg, eval_every=0, strip_images=0)
     run_ptl(ptl_cfg, out / "ptl", progress)
     gN = out / "ptl" / "checkpoints" / "final.safetensors"
@@ -124,8 +134,13 @@ def run_ablation(
     sweep_lambda: list[float] | None = None,
     progress: bool = True,
     echo=print,
+    reuse_run: str | Path | None = None,
 ) -> Path:
-    """Run the chosen row groups for every seed and write ``OUT/ablation.md`` and ``.json``."""
+    """Run the chosen row groups for every seed and write ``OUT/ablation.md`` and ``.json``.
+
+    ``reuse_run``: a finished ``diffdass run`` directory made from the same config; it serves
+    as the shared stages of its own seed instead of recomputing them.
+    """
     rows: list[Row] = []
     for g in groups:
         if g in ROWS:
@@ -135,7 +150,9 @@ def run_ablation(
         elif g == "sweep_lambda":
             rows += sweep_rows(g, sweep_lambda or [])
         else:
-            raise ConfigError(f"unknown ablation group {g!r}; choose from {[*ROWS, 'sweep_n', 'sweep_lambda']}")
+            raise ConfigError(
+                f"unknown ablation group {g!r}; choose from {[*ROWS, 'sweep_n', 'sweep_lambda']}"
+            )
     out = Path(out)
     results_path = out / "ablation.json"
     results: dict = read_json(results_path) if results_path.is_file() else {}
@@ -144,7 +161,9 @@ def run_ablation(
         base = copy.deepcopy(cfg)
         base.seed = seed
         base.out = str(seed_dir / "base")
-        if base.benchmark.enabled and not base.benchmark.root:
+        if reuse_run is not None and seed == cfg.seed:
+            base.out = str(reuse_run)
+        elif base.benchmark.enabled and not base.benchmark.root:
             base.benchmark.root = str(out / "data")  # one benchmark for all seeds
         echo(f"[ablate] seed {seed}: shared stages")
         summary = run_pipeline(base, progress=progress, echo=echo)
@@ -181,5 +200,7 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
         mean = statistics.fmean(vals)
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         per = ", ".join(f"{v:.1f}" for v in vals)
-        lines.append(f"| {lab} | {mean:.1f} | {std:.1f} | {len(vals)} | {per} | {paper.get(lab, '')} |")
+        lines.append(
+            f"| {lab} | {mean:.1f} | {std:.1f} | {len(vals)} | {per} | {paper.get(lab, '')} |"
+        )
     return "\n".join(lines) + "\n"

@@ -13,11 +13,17 @@ from diffdass.utils.config import ConfigError, load_config, parse_set
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file; flags override its values.", show_default=False),
+    typer.Option(
+        "--config", "-c", help="YAML config file; flags override its values.", show_default=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override any config key: --set optim.lr=0.01 (repeatable).", show_default=False),
+    typer.Option(
+        "--set",
+        help="Override any config key: --set optim.lr=0.01 (repeatable).",
+        show_default=False,
+    ),
 ]
 
 
@@ -39,7 +45,14 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError, FloatingPointError, ValueError, RuntimeError) as exc:
+        except (
+            ConfigError,
+            DataError,
+            FileNotFoundError,
+            FloatingPointError,
+            ValueError,
+            RuntimeError,
+        ) as exc:
             if "--debug" in sys.argv or __import__("os").environ.get("DIFFDASS_DEBUG"):
                 raise
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

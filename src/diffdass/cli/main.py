@@ -31,19 +31,29 @@ app = typer.Typer(
 @app.command("make-benchmark")
 @friendly_errors
 def make_benchmark(
-    out: Annotated[Path, typer.Argument(help="Output root (gets source/ and target/ folder datasets).")],
+    out: Annotated[
+        Path, typer.Argument(help="Output root (gets source/ and target/ folder datasets).")
+    ],
     seed: Annotated[int, typer.Option(help="Generator seed; same seed, same files.")] = 0,
     height: Annotated[int, typer.Option(help="Image height (64 for CPU, 256 for GPU).")] = 64,
     width: Annotated[int, typer.Option(help="Image width (128 for CPU, 512 for GPU).")] = 128,
     n_source: Annotated[int | None, typer.Option(help="Labeled source training images.")] = None,
-    n_target_train: Annotated[int | None, typer.Option(help="Unlabeled target training images.")] = None,
-    n_target_val: Annotated[int | None, typer.Option(help="Labeled target validation images.")] = None,
+    n_target_train: Annotated[
+        int | None, typer.Option(help="Unlabeled target training images.")
+    ] = None,
+    n_target_val: Annotated[
+        int | None, typer.Option(help="Labeled target validation images.")
+    ] = None,
 ):
     """Generate the built-in synthetic->photo-textured street benchmark (no network needed)."""
     from diffdass.data.benchmark import BenchmarkConfig, generate_benchmark
 
     kw = {"seed": seed, "height": height, "width": width}
-    for k, v in (("n_source", n_source), ("n_target_train", n_target_train), ("n_target_val", n_target_val)):
+    for k, v in (
+        ("n_source", n_source),
+        ("n_target_train", n_target_train),
+        ("n_target_val", n_target_val),
+    ):
         if v is not None:
             kw[k] = v
     summary = generate_benchmark(out, **_bench_kwargs(BenchmarkConfig, kw))
@@ -62,9 +72,15 @@ def _bench_kwargs(cls, kw):
 def prepare(
     dataset: Annotated[str, typer.Argument(help="gta5 | synthia | cityscapes")],
     root: Annotated[Path, typer.Argument(help="Root of the dataset as downloaded (see README).")],
-    out: Annotated[Path | None, typer.Option(help="Output folder-format root [default: ROOT/diffdass].")] = None,
-    on_error: Annotated[str, typer.Option(help="raise | skip (log and skip bad samples).")] = "raise",
-    on_mismatch: Annotated[str, typer.Option(help="Image/label size mismatch: error | resize.")] = "error",
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder-format root [default: ROOT/diffdass].")
+    ] = None,
+    on_error: Annotated[
+        str, typer.Option(help="raise | skip (log and skip bad samples).")
+    ] = "raise",
+    on_mismatch: Annotated[
+        str, typer.Option(help="Image/label size mismatch: error | resize.")
+    ] = "error",
 ):
     """Convert GTA5 / SYNTHIA / Cityscapes labels to train-id PNGs in the folder format (re-runnable)."""
     from diffdass.data.prepare import prepare_dataset
@@ -81,13 +97,22 @@ def train_seg(
     sets: SetOpt = None,
     source_root: Annotated[str | None, typer.Option(help="Labeled folder dataset root.")] = None,
     source_split: Annotated[str | None, typer.Option(help="Split of the source root.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Segmenter architecture (see `diffdass models`).")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="none | imagenet | PATH to backbone weights.")] = None,
-    iterations: Annotated[int | None, typer.Option(help="Training iterations (paper: 20000).")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="Segmenter architecture (see `diffdass models`).")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="none | imagenet | PATH to backbone weights.")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Training iterations (paper: 20000).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (paper: 2).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Base SGD learning rate (paper: 2.5e-4).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Base SGD learning rate (paper: 2.5e-4).")
+    ] = None,
     noisy_masked: Annotated[
-        float | None, typer.Option(help="Fraction of noisy+masked samples (appendix C; 0 disables).")
+        float | None,
+        typer.Option(help="Fraction of noisy+masked samples (appendix C; 0 disables)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
@@ -126,9 +151,15 @@ def evaluate(
     class_sets: Annotated[
         str, typer.Option(help="Comma list: 19,16,13 (Cityscapes subsets) or all.")
     ] = "19",
-    input_size: Annotated[str | None, typer.Option(help="Feed images at HxW (e.g. 512x1024).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Directory for metrics.json and predictions.")] = None,
-    save_predictions: Annotated[int, typer.Option(help="Colourised predictions to save (-1: all).")] = 16,
+    input_size: Annotated[
+        str | None, typer.Option(help="Feed images at HxW (e.g. 512x1024).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for metrics.json and predictions.")
+    ] = None,
+    save_predictions: Annotated[
+        int, typer.Option(help="Colourised predictions to save (-1: all).")
+    ] = 16,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
@@ -178,7 +209,9 @@ def train_ddpm_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    target_root: Annotated[str | None, typer.Option(help="Target folder dataset root (labels unused).")] = None,
+    target_root: Annotated[
+        str | None, typer.Option(help="Target folder dataset root (labels unused).")
+    ] = None,
     target_split: Annotated[str | None, typer.Option(help="Split of the target root.")] = None,
     unet: Annotated[str | None, typer.Option(help="UNet preset: tiny | small | ddpm256.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Training iterations.")] = None,
@@ -212,13 +245,19 @@ def train_ddpm_cmd(
 @app.command()
 @friendly_errors
 def translate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (dataset/ and previews/).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (dataset/ and previews/).")
+    ],
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    source_root: Annotated[str | None, typer.Option(help="Labeled source folder dataset root.")] = None,
+    source_root: Annotated[
+        str | None, typer.Option(help="Labeled source folder dataset root.")
+    ] = None,
     source_split: Annotated[str | None, typer.Option(help="Split to translate.")] = None,
     ddpm: Annotated[str | None, typer.Option(help="train-ddpm checkpoint.")] = None,
-    segmenter: Annotated[str | None, typer.Option(help="Segmenter checkpoint for guidance.")] = None,
+    segmenter: Annotated[
+        str | None, typer.Option(help="Segmenter checkpoint for guidance.")
+    ] = None,
     n: Annotated[int | None, typer.Option("--n", help="Diffusion depth n (steps).")] = None,
     guidance: Annotated[str | None, typer.Option(help="none | gsg | lcg | sgg")] = None,
     scale: Annotated[float | None, typer.Option(help="Guidance scale lambda (paper: 80).")] = None,
@@ -226,7 +265,9 @@ def translate(
         str | None, typer.Option(help="alternate | lcg_then_gsg | gsg_then_lcg | random")
     ] = None,
     lcg_mode: Annotated[str | None, typer.Option(help="batched | loop | single_pass")] = None,
-    respace_steps: Annotated[int | None, typer.Option(help="Reverse in this many model calls.")] = None,
+    respace_steps: Annotated[
+        int | None, typer.Option(help="Reverse in this many model calls.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Translate only the first N images.")] = None,
     score_with: Annotated[
         Path | None, typer.Option(help="Segmenter checkpoint for the label-consistency score.")
@@ -262,7 +303,9 @@ def translate(
     if score_with is not None:
         from diffdass.evaluation.consistency import label_consistency
 
-        res["label_consistency"] = label_consistency(score_with, Path(res["dataset"]), cfg.source.split, cfg.device)
+        res["label_consistency"] = label_consistency(
+            score_with, Path(res["dataset"]), cfg.source.split, cfg.device
+        )
         from diffdass.utils.io import write_json
 
         write_json(out / "metrics.json", res)
@@ -275,7 +318,9 @@ def ptl(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    source_root: Annotated[str | None, typer.Option(help="Labeled source folder dataset root.")] = None,
+    source_root: Annotated[
+        str | None, typer.Option(help="Labeled source folder dataset root.")
+    ] = None,
     init: Annotated[str | None, typer.Option(help="g_0 checkpoint (train-seg).")] = None,
     ddpm: Annotated[str | None, typer.Option(help="Target DDPM checkpoint (train-ddpm).")] = None,
     n_max: Annotated[int | None, typer.Option(help="N: deepest domain (paper: 600).")] = None,
@@ -311,7 +356,9 @@ def ptl(
 def run(
     config: Annotated[
         Path | None,
-        typer.Argument(help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False),
+        typer.Argument(
+            help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False
+        ),
     ] = None,
     sets: SetOpt = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Output directory.")] = None,
@@ -335,7 +382,9 @@ def run(
     summary = run_pipeline(cfg, progress=not quiet, echo=typer.echo)
     m = summary["miou"]
     cs = summary["class_set"]
-    typer.echo(f"target mIoU{cs} (last checkpoints): source-only {m['source_only']:.1f}  ->  g_N {m['ptl']:.1f}")
+    typer.echo(
+        f"target mIoU{cs} (last checkpoints): source-only {m['source_only']:.1f}  ->  g_N {m['ptl']:.1f}"
+    )
     if "oracle" in m:
         typer.echo(f"target-trained oracle (for scale): {m['oracle']:.1f}")
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
@@ -346,17 +395,29 @@ def run(
 def ablate(
     config: Annotated[
         Path | None,
-        typer.Argument(help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False),
+        typer.Argument(
+            help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False
+        ),
     ] = None,
     sets: SetOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/ablation"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
+        "runs/ablation"
+    ),
     rows: Annotated[
         str,
-        typer.Option(help="Comma list of groups: table2, table3, table5, appendix_c, sweep_n, sweep_lambda."),
+        typer.Option(
+            help="Comma list of groups: table2, table3, table5, appendix_c, sweep_n, sweep_lambda."
+        ),
     ] = "table2,table3,table5,appendix_c",
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
     sweep_n: Annotated[str, typer.Option(help="N values for sweep_n (Fig. 5).")] = "100,200,400",
-    sweep_lambda: Annotated[str, typer.Option(help="lambda values for sweep_lambda (Fig. 5).")] = "0,20,80,200",
+    sweep_lambda: Annotated[
+        str, typer.Option(help="lambda values for sweep_lambda (Fig. 5).")
+    ] = "0,20,80,200",
+    reuse_run: Annotated[
+        Path | None,
+        typer.Option(help="A finished `diffdass run` dir of the same config: reused for its seed."),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Re-run the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5) over seeds.
@@ -380,6 +441,7 @@ def ablate(
         nums(sweep_lambda),
         progress=not quiet,
         echo=typer.echo,
+        reuse_run=reuse_run,
     )
     typer.echo(md.read_text())
 

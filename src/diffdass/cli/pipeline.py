@@ -102,9 +102,20 @@ def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, de
     model, _ = load_segmenter(ckpt, dev)
     ds = FolderDataset(val.root, val.split, "required")
     res = evaluate(
-        model, ds, ev.class_sets, dev, ev.input_size, out / "predictions", ev.save_predictions, progress=False
+        model,
+        ds,
+        ev.class_sets,
+        dev,
+        ev.input_size,
+        out / "predictions",
+        ev.save_predictions,
+        progress=False,
     )
-    res |= {"checkpoint": str(ckpt), "checkpoint_kind": "last", "dataset": f"{val.root}:{val.split}"}
+    res |= {
+        "checkpoint": str(ckpt),
+        "checkpoint_kind": "last",
+        "dataset": f"{val.root}:{val.split}",
+    }
     write_json(mpath, res)
     return res
 
@@ -150,7 +161,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
     ev, dev = cfg.evaluation, cfg.device
     stage("source_only", lambda: train_segmenter(cfg.source_only, out / "source_only", progress))
     g0 = out / "source_only" / "checkpoints" / "final.safetensors"
-    res0 = stage("eval_source_only", lambda: evaluate_checkpoint(g0, cfg.val, ev, out / "source_only" / "eval", dev))
+    res0 = stage(
+        "eval_source_only",
+        lambda: evaluate_checkpoint(g0, cfg.val, ev, out / "source_only" / "eval", dev),
+    )
     oracle_res = None
     if cfg.oracle is not None:
         import dataclasses
@@ -158,11 +172,16 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
         ocfg = dataclasses.replace(cfg.source_only, source=cfg.oracle)
         stage("oracle", lambda: train_segmenter(ocfg, out / "oracle", progress))
         go = out / "oracle" / "checkpoints" / "final.safetensors"
-        oracle_res = stage("eval_oracle", lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev))
+        oracle_res = stage(
+            "eval_oracle",
+            lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev),
+        )
     stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
     stage("ptl", lambda: run_ptl(cfg.ptl, out / "ptl", progress))
     gN = out / "ptl" / "checkpoints" / "final.safetensors"
-    resN = stage("eval_ptl", lambda: evaluate_checkpoint(gN, cfg.val, ev, out / "ptl" / "eval", dev))
+    resN = stage(
+        "eval_ptl", lambda: evaluate_checkpoint(gN, cfg.val, ev, out / "ptl" / "eval", dev)
+    )
     main_set = next(iter(resN["miou"]))
     summary = {
         "class_set": main_set,

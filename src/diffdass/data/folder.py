@@ -58,16 +58,22 @@ class ClassInfo:
             raise ValueError(f"ignore_index {ignore_index} collides with a class index")
         if len(names) > 255:
             raise ValueError("at most 255 classes fit in an 8-bit label PNG")
-        pal = default_palette(len(names)) if palette is None else np.asarray(palette, dtype=np.int64)
+        pal = (
+            default_palette(len(names)) if palette is None else np.asarray(palette, dtype=np.int64)
+        )
         if pal.shape != (len(names), 3) or pal.min() < 0 or pal.max() > 255:
-            raise ValueError(f"palette must be {len(names)} RGB triples in 0..255, got shape {pal.shape}")
+            raise ValueError(
+                f"palette must be {len(names)} RGB triples in 0..255, got shape {pal.shape}"
+            )
         return cls(names=names, palette=pal.astype(np.uint8), ignore_index=int(ignore_index))
 
     @classmethod
     def load(cls, root: str | Path) -> ClassInfo:
         path = Path(root) / "classes.yaml"
         if not path.is_file():
-            raise DataError(f"{path}: missing; a folder dataset needs ROOT/classes.yaml listing its classes")
+            raise DataError(
+                f"{path}: missing; a folder dataset needs ROOT/classes.yaml listing its classes"
+            )
         try:
             doc = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
@@ -77,7 +83,9 @@ class ClassInfo:
         if not isinstance(doc, dict) or "names" not in doc:
             raise DataError(f"{path}: expected a list of class names or a mapping with 'names'")
         try:
-            return cls.create(doc["names"], doc.get("palette"), doc.get("ignore_index", IGNORE_INDEX))
+            return cls.create(
+                doc["names"], doc.get("palette"), doc.get("ignore_index", IGNORE_INDEX)
+            )
         except ValueError as exc:
             raise DataError(f"{path}: {exc}") from exc
 
@@ -303,7 +311,9 @@ class StreamDataset(torch.utils.data.Dataset):
 class StreamBatchSampler(torch.utils.data.Sampler):
     """Batches ``start .. stop-1`` of an endless stream of per-epoch seeded permutations."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, shuffle: bool = True):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int, stop: int, shuffle: bool = True
+    ):
         if n <= 0:
             raise ValueError("cannot sample from an empty dataset")
         self.n, self.batch_size, self.seed = n, batch_size, seed

@@ -127,7 +127,9 @@ def map_labels(raw: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     return lookup_table(mapping)[raw.astype(np.int64)]
 
 
-def colorize(label: np.ndarray, palette: tuple[tuple[int, int, int], ...] | np.ndarray) -> np.ndarray:
+def colorize(
+    label: np.ndarray, palette: tuple[tuple[int, int, int], ...] | np.ndarray
+) -> np.ndarray:
     """RGB image (H, W, 3, uint8) of a train-id map; ignore and out-of-palette ids are black."""
     pal = np.zeros((256, 3), dtype=np.uint8)
     pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)

@@ -14,7 +14,9 @@ import numpy as np
 from diffdass.data.labels import IGNORE_INDEX
 
 
-def resize_pair(img: np.ndarray, lbl: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def resize_pair(
+    img: np.ndarray, lbl: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize to ``size`` = (H, W)."""
     h, w = size
     if img.shape[:2] == (h, w):

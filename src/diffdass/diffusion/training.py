@@ -133,7 +133,9 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         scale=None,
         hflip=cfg.hflip,
     )
-    ds = FolderDataset(cfg.target.root, cfg.target.split, labels="none", transform=tf, seed=cfg.seed)
+    ds = FolderDataset(
+        cfg.target.root, cfg.target.split, labels="none", transform=tf, seed=cfg.seed
+    )
     # the resolution translation runs at and preview grids are drawn at
     full = FolderDataset(cfg.target.root, cfg.target.split, labels="none")
     size = tuple(cfg.resize) if cfg.resize else tuple(full[0]["image"].shape[-2:])
@@ -172,7 +174,10 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
 
     def save(path, it):
         save_checkpoint(
-            path, {"unet": unet, "ema": ema.shadow_state_dict()}, opt, meta | {"iteration": it, "ema_updates": ema.step}
+            path,
+            {"unet": unet, "ema": ema.shadow_state_dict()},
+            opt,
+            meta | {"iteration": it, "ema_updates": ema.step},
         )
 
     for it, batch in enumerate(loader, start=start):

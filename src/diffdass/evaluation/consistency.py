@@ -24,4 +24,8 @@ def label_consistency(
     sets = class_sets or (["19"] if ds.classes.num_classes == 19 else ["all"])
     resolve_class_sets(sets, ds.classes.num_classes)
     res = evaluate(model, ds, sets, dev, progress=False)
-    return {"miou": res["miou"], "per_class_iou": res["per_class_iou"], "scored_by": str(segmenter_ckpt)}
+    return {
+        "miou": res["miou"],
+        "per_class_iou": res["per_class_iou"],
+        "scored_by": str(segmenter_ckpt),
+    }

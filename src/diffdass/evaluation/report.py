@@ -52,7 +52,9 @@ def _per_class_plot(names, series: dict[str, dict]) -> bytes:
 
 
 def _miou_along_n(domains: list[dict], miou0: float | None, key: str) -> bytes | None:
-    pts = [(d["n"], d["val_miou"][key]) for d in domains if d.get("val_miou") and key in d["val_miou"]]
+    pts = [
+        (d["n"], d["val_miou"][key]) for d in domains if d.get("val_miou") and key in d["val_miou"]
+    ]
     if not pts:
         return None
     import matplotlib
@@ -140,7 +142,11 @@ def write_report(out: str | Path) -> Path:
     for name, res in (("g_0", ev0), ("g_N", evN)):
         others = {k: v for k, v in res["miou"].items() if k != key}
         if others:
-            parts.append(f"<p>{name} other class sets: " + ", ".join(f"mIoU{k} {v:.1f}" for k, v in others.items()) + "</p>")
+            parts.append(
+                f"<p>{name} other class sets: "
+                + ", ".join(f"mIoU{k} {v:.1f}" for k, v in others.items())
+                + "</p>"
+            )
     names = list(evN["per_class_iou"])
     series = {"source-only": ev0["per_class_iou"], "PTL g_N": evN["per_class_iou"]}
     if evO:
@@ -168,7 +174,14 @@ def write_report(out: str | Path) -> Path:
         ]
     if domains:
         drows = [
-            [d["domain"], d["n"], d.get("reverse_steps"), d["loss"], d.get("translate_seconds"), d["seconds"]]
+            [
+                d["domain"],
+                d["n"],
+                d.get("reverse_steps"),
+                d["loss"],
+                d.get("translate_seconds"),
+                d["seconds"],
+            ]
             for d in domains
         ]
         parts += [
@@ -176,7 +189,10 @@ def write_report(out: str | Path) -> Path:
             f"<p>{len(domains)} domains, translation cost "
             f"{ptl.get('translation_cost_image_steps', 'n/a')} reverse image-steps, guidance "
             f"{html.escape(str(ptl.get('guidance')))}, L_src {'on' if ptl.get('loss_src', True) else 'off'}.</p>",
-            _table(["domain", "n", "reverse steps", "fine-tune loss", "translate s", "total s"], drows[-20:]),
+            _table(
+                ["domain", "n", "reverse steps", "fine-tune loss", "translate s", "total s"],
+                drows[-20:],
+            ),
         ]
     secs = summary.get("seconds", {})
     if secs:

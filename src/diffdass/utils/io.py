@@ -52,7 +52,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def read_json(path: str | Path):
@@ -81,7 +83,9 @@ def save_image(path: str | Path, array: np.ndarray) -> Path:
     return _atomic(path, lambda t: img.save(t, format=fmt), suffix=path.suffix)
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None) -> Path:
+def save_tensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
     """Save a flat dict of tensors as safetensors, atomically (metadata values become str)."""
     from safetensors.torch import save_file
 
