@@ -90,3 +90,20 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
     atomic_write_text(p, "x")
     assert p.read_text() == "x"
+
+
+def test_shipped_configs_load_and_validate():
+    from pathlib import Path
+
+    from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig, _fill
+
+    files = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+    assert len(files) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
+    for f in [*files, DEFAULT_CONFIG]:
+        cfg = _fill(load_config(PipelineConfig, f, validate=False))
+        if f != DEFAULT_CONFIG:
+            # the paper's settings
+            assert cfg.ptl.n_max == 600 and cfg.ptl.iterations_per_domain == 300
+            assert cfg.ptl.guidance.scale == 80.0 and cfg.ptl.batch_size == 2
+            assert cfg.source_only.iterations == 20000 and cfg.source_only.optim.lr == 2.5e-4
+            assert cfg.ddpm.lr == 2e-5 and cfg.ddpm.batch_size == 4

@@ -72,6 +72,9 @@ class PTLConfig:
     noisy_masked: NoisyMaskedConfig = field(default_factory=NoisyMaskedConfig)
     freeze_bn: bool = False
     translate_batch_size: int = 8
+    # translate at [H, W] (e.g. the DDPM's 256x512) and resize back to the training crop;
+    # default: translate the crop itself (the UNet is convolutional)
+    translate_size: list[int] | None = None
     eval_every: int = 0  # evaluate g_k on `val` every this many domains (0: only at the end)
     eval_input_size: list[int] | None = None
     class_sets: list[str] = field(default_factory=lambda: ["19"])
@@ -200,12 +203,12 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     imgs_done = 0
     for k in range(start_k, len(levels)):
         n = levels[k]
-        rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device)
-        imgs_done += rec["translated_images"]
-        if strip_idx:
+        if strip_idx:  # X^n of a few fixed images, guided by g_{k-1} like the domain itself
             _save_strip(
                 cfg, k, n, strip_ds, strip_idx, trainer.model, unet, schedule, device, run.path
             )
+        rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device)
+        imgs_done += rec["translated_images"]
         if (
             val_ds is not None
             and cfg.eval_every
@@ -272,6 +275,32 @@ def _fixed_size(ds: FolderDataset, a: AugConfig) -> tuple[int, int]:
     return tuple(a.resize)
 
 
+def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed) -> torch.Tensor:
+    """translate_batch at ``cfg.translate_size`` (if set), returned at the input's size."""
+    import torch.nn.functional as F
+
+    size = tuple(x0.shape[-2:])
+    if cfg.translate_size and tuple(cfg.translate_size) != size:
+        ts = tuple(cfg.translate_size)
+        x0 = F.interpolate(x0, size=ts, mode="bilinear", align_corners=False, antialias=True)
+        y = F.interpolate(y[:, None].float(), size=ts, mode="nearest")[:, 0].long()
+    xg = translate_batch(
+        x0,
+        y,
+        n,
+        unet,
+        schedule,
+        guide,
+        cfg.guidance,
+        generator,
+        cfg.reverse_steps if cfg.domains == "spread" else None,
+        seed=seed,
+    )
+    if tuple(xg.shape[-2:]) != size:
+        xg = F.interpolate(xg, size=size, mode="bilinear", align_corners=False).clamp(-1, 1)
+    return xg
+
+
 def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> dict:
     """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune."""
     t0 = time.perf_counter()
@@ -289,17 +318,16 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> d
         items = [stream[key] for key in keys[s : s + tb]]
         x0 = torch.stack([it["image"] for it in items])
         y = torch.stack([it["label"] for it in items])
-        xg = translate_batch(
+        xg = _translate(
+            cfg,
             x0.to(device),
             y.to(device),
             n,
             unet,
             schedule,
             guide,
-            cfg.guidance,
             batch_generator(_domain_seed(cfg.seed, k, 0), j),
-            cfg.reverse_steps if cfg.domains == "spread" else None,
-            seed=_domain_seed(cfg.seed, k, 1) + j,
+            _domain_seed(cfg.seed, k, 1) + j,
         )
         src_imgs.append(x0.half())
         labels.append(y)
@@ -337,17 +365,16 @@ def _save_strip(cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_pat
     y = torch.stack([it["label"] for it in items]).to(device)
     was_training = model.training
     model.eval()
-    xg = translate_batch(
+    xg = _translate(
+        cfg,
         x0,
         y,
         n,
         unet,
         schedule,
         model,
-        cfg.guidance,
         batch_generator(_domain_seed(cfg.seed, 0, 9), 0),
-        cfg.reverse_steps if cfg.domains == "spread" else None,
-        seed=cfg.seed,
+        cfg.seed,
     )
     model.train(was_training)
     for it, x in zip(items, xg, strict=True):
