@@ -48,6 +48,7 @@ from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import read_json, save_image, write_json
+from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
 
@@ -114,7 +115,7 @@ class PTLConfig:
 
 
 def _domain_seed(seed: int, k: int, stream: int) -> int:
-    return int(np.random.default_rng([seed, 5151, stream, k]).integers(0, 2**31 - 1))
+    return derive_seed(seed, 5151, stream, k, high=2**31 - 1)
 
 
 def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:

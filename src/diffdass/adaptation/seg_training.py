@@ -34,6 +34,7 @@ from diffdass.models.factory import build_segmenter
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
+from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,8 @@ class TrainSegConfig:
 
 
 def step_seed(seed: int, it: int, stream: int = 0) -> int:
-    """A 63-bit seed derived from (seed, stream, iteration)."""
-    import numpy as np
-
-    return int(np.random.default_rng([seed, stream, it]).integers(0, 2**63 - 1))
+    """The seed of random stream ``stream`` at iteration ``it``."""
+    return derive_seed(seed, stream, it)
 
 
 def seg_loss(

@@ -24,6 +24,7 @@ from diffdass.diffusion.sampler import as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import save_image
+from diffdass.utils.rng import derive_seed
 
 
 @dataclass
@@ -124,8 +125,7 @@ class TranslateConfig:
 
 
 def batch_generator(seed: int, batch_index: int) -> torch.Generator:
-    s = int(np.random.default_rng([seed, 4242, batch_index]).integers(0, 2**63 - 1))
-    return torch.Generator().manual_seed(s)
+    return torch.Generator().manual_seed(derive_seed(seed, 4242, batch_index))
 
 
 def preview_sheet(rows: list[list[np.ndarray]]) -> np.ndarray:

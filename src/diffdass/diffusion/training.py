@@ -35,6 +35,7 @@ from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
 from diffdass.utils.io import save_image
+from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
 
@@ -74,10 +75,6 @@ class TrainDDPMConfig:
             raise ConfigError("iterations and batch_size must be positive")
         if len(self.adam_betas) != 2:
             raise ConfigError("adam_betas must be two numbers")
-
-
-def _seed(seed: int, it: int, stream: int) -> int:
-    return int(np.random.default_rng([seed, stream, it]).integers(0, 2**63 - 1))
 
 
 def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
@@ -185,7 +182,7 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         lr = cfg.lr * min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         for g in opt.param_groups:
             g["lr"] = lr
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, it, 3))
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 3, it))
         x0 = batch["image"].to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             loss = schedule.training_loss(eps_fn, x0, gen)
