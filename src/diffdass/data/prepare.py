@@ -41,6 +41,7 @@ import shutil
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class RawSample:
     label_optional: bool = False
 
 
-class RawDataset:
+class RawDataset(ABC):
     """Base class of the readers: enumerate samples, read and map raw labels."""
 
     name: ClassVar[str] = ""
@@ -95,17 +96,17 @@ class RawDataset:
         if split not in self.splits:
             raise ValueError(f"{self.name} has splits {list(self.splits)}, not {split!r}")
 
+    @abstractmethod
     def samples(self, split: str) -> list[RawSample]:
         """All samples of ``split``, sorted by stem."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read_raw_label(self, path: str | Path) -> np.ndarray:
         """The raw label ids of one label file (2-D integer array)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
         """Raw ids -> train ids (uint8, 255 = ignore)."""
-        raise NotImplementedError
 
     def load_train_ids(self, path: str | Path) -> np.ndarray:
         """Read one raw label file and map it to train ids."""

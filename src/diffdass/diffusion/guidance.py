@@ -31,6 +31,7 @@ returned gradient are float32.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal, Protocol
@@ -110,7 +111,7 @@ def per_image_ce(
     return total / valid
 
 
-class _SegmenterGuidance:
+class _SegmenterGuidance(ABC):
     """Shared plumbing: labels, segmenter forward (autocast, upsampling), scale."""
 
     def __init__(
@@ -147,8 +148,9 @@ class _SegmenterGuidance:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
 
-    def gradient(self, x_t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def gradient(self, x_t: Tensor) -> Tensor:
+        """``grad_{x_t}`` of this guidance's loss (float32, the shape of ``x_t``)."""
 
     def __call__(self, x_t: Tensor, t: int, step: int, variance: float) -> Tensor:
         """Mean shift ``-scale * variance * grad`` (float32, shape of ``x_t``)."""

@@ -17,6 +17,7 @@ Conventions (the same for DeepLab-V2, FCN-8s and SegFormer/DAFormer):
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -68,7 +69,7 @@ class LoadReport:
         return "; ".join(parts)
 
 
-class Segmenter(nn.Module):
+class Segmenter(nn.Module, ABC):
     """Abstract semantic segmenter: ``[-1, 1]`` images -> logits at the native stride.
 
     Subclasses set ``self.backbone`` and ``self.head`` and implement
@@ -108,9 +109,9 @@ class Segmenter(nn.Module):
         std = self.pixel_std.to(dtype=x.dtype)
         return ((x + 1.0) * 0.5 - mean) / std
 
+    @abstractmethod
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """Run backbone + head on ImageNet-normalised images; returns native-stride logits."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes, h, w)`` at the native output stride for ``[-1, 1]`` input."""
