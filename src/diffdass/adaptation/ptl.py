@@ -181,9 +181,7 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     val_ds = (
         FolderDataset(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
     )
-    strip_ds = FolderDataset(
-        cfg.source.root, cfg.source.split, "required", Resize(*_fixed_size(ds, a))
-    )
+    strip_ds = FolderDataset(cfg.source.root, cfg.source.split, "required", Resize(*_fixed_size(a)))
     strip_idx = list(range(min(cfg.strip_images, len(strip_ds))))
     run.logger.info(
         "PTL: %d domains (n = %s), %d iterations each, translation cost %d reverse image-steps",
@@ -270,10 +268,9 @@ def segmenter_meta_from(smeta: dict) -> dict:
     return {k: smeta[k] for k in ("arch", "num_classes", "class_names") if k in smeta}
 
 
-def _fixed_size(ds: FolderDataset, a: AugConfig) -> tuple[int, int]:
-    if a.crop:
-        return tuple(a.crop)
-    return tuple(a.resize)
+def _fixed_size(a: AugConfig) -> tuple[int, int]:
+    """The size every training sample has after augmentation (crop, else resize)."""
+    return tuple(a.crop) if a.crop else tuple(a.resize)
 
 
 def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed) -> torch.Tensor:
