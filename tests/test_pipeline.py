@@ -103,6 +103,15 @@ def test_report_contains_metrics(pipeline_run):
     cls, val = next((c, v) for c, v in evN["per_class_iou"].items() if v is not None)
     assert re.search(rf"<td>{re.escape(cls)}</td>", html)
     assert "data:image/png;base64," in html  # self-contained
+    # Table 4: training time of g_N = g_0 + DDPM + PTL stages, inference time per image
+    t4 = summary["table4"]
+    secs = summary["seconds"]
+    total = secs["source_only"] + secs["ddpm"] + secs["ptl"]
+    assert t4["training_seconds"]["total"] == pytest.approx(total)
+    assert t4["inference_ms_per_image"]["ptl"] == evN["inference_ms_per_image"] > 0
+    assert "Table 4" in html
+    assert f"<td>{total:.1f}</td>" in html
+    assert f"<td>{evN['inference_ms_per_image']:.1f}</td>" in html
 
 
 def test_pipeline_rerun_reuses_stages(pipeline_run):

@@ -191,6 +191,7 @@ def evaluate(
         write_json(out / "metrics.json", res)
     typer.echo(res["table"])
     typer.echo(json.dumps(res["miou"]))
+    typer.echo(f"inference: {res['inference_ms_per_image']:.2f} ms/image (batch 1)")
 
 
 def _parse_size(s: str | None):

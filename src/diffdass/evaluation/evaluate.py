@@ -5,6 +5,8 @@ Protocol (``shared/PROTOCOL.md``): the image may be fed at a reduced ``input_siz
 (Cityscapes: 1024x512), and the logits are upsampled bilinearly to the full label
 resolution before the arg-max. Every metrics file states which checkpoint was scored;
 we always score the *last* checkpoint of a run, never the best one on target val.
+The result also holds ``inference_ms_per_image``: the mean wall time of the forward pass
+(plus upsampling and arg-max) per image, batch 1, first image excluded (the paper's Table 4).
 """
 
 from __future__ import annotations
@@ -84,12 +86,18 @@ def evaluate(
     cm = ConfusionMatrix(nc, dataset.classes.ignore_index)
     saved = 0
     t0 = time.perf_counter()
+    fwd_seconds: list[float] = []  # model forward + upsampling per image (Table 4)
     for i in tqdm(range(len(dataset)), desc="evaluate", disable=not progress, dynamic_ncols=True):
         item = dataset[i]
         img = item["image"][None].to(device)
         lbl = item["label"]
+        _sync(device)
+        tf = time.perf_counter()
         logits = predict(model, img, lbl.shape[-2:], input_size, amp)
-        pred = logits.argmax(1)[0].cpu()
+        pred = logits.argmax(1)[0]
+        _sync(device)
+        fwd_seconds.append(time.perf_counter() - tf)
+        pred = pred.cpu()
         cm.update(pred, lbl)
         if pred_dir is not None and (n_save < 0 or saved < n_save):
             save_image(
@@ -109,8 +117,16 @@ def evaluate(
     }
     out["images"] = len(dataset)
     out["seconds"] = time.perf_counter() - t0
+    # the first image pays for lazy initialisation (cuDNN autotuning, allocator): skip it
+    timed = fwd_seconds[1:] if len(fwd_seconds) > 1 else fwd_seconds
+    out["inference_ms_per_image"] = 1000.0 * float(np.mean(timed))
     out["table"] = format_iou_table(cm, dataset.classes.names, sets)
     return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def format_iou_table(cm: ConfusionMatrix, names, sets: dict[str, tuple[int, ...]]) -> str:

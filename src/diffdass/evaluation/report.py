@@ -200,5 +200,20 @@ def write_report(out: str | Path) -> Path:
             "<h2>Time per stage</h2>",
             _table(["stage", "seconds"], [[k, float(v)] for k, v in secs.items()]),
         ]
+    train = {k: float(secs[k]) for k in ("source_only", "ddpm", "ptl") if k in secs}
+    if train:
+        ms0, msN = ev0.get("inference_ms_per_image"), evN.get("inference_ms_per_image")
+        parts += [
+            "<h2>Training and inference time (Table 4)</h2>",
+            "<p>Training: wall time of the stages that produce each model (g_N needs g_0, "
+            "the DDPM and PTL). Inference: forward pass per image, batch 1.</p>",
+            _table(
+                ["model", "training s", "inference ms/image", f"mIoU{key} (%)"],
+                [
+                    ["source-only g_0", train.get("source_only"), ms0, ev0["miou"][key]],
+                    ["PTL g_N", sum(train.values()), msN, evN["miou"][key]],
+                ],
+            ),
+        ]
     parts.append("</body></html>")
     return atomic_write_text(out / "report.html", "\n".join(parts))

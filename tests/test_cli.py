@@ -1,0 +1,177 @@
+"""The `diffdass` command line: help texts, error reporting, and a train -> evaluate round trip."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from diffdass.cli.main import app
+
+COMMANDS = [
+    "run",
+    "make-benchmark",
+    "prepare",
+    "train-seg",
+    "evaluate",
+    "train-ddpm",
+    "translate",
+    "ptl",
+    "ablate",
+    "models",
+]
+
+runner = CliRunner()
+
+
+def _plain(text: str) -> str:
+    """Output without ANSI colours or rich's box drawing, whitespace collapsed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def test_top_level_help_lists_every_command():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    out = _plain(res.output)
+    for cmd in COMMANDS:
+        assert cmd in out, cmd
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd):
+    res = runner.invoke(app, [cmd, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in _plain(res.output)
+
+
+def test_models_lists_architectures_and_unets():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    for name in ("deeplabv2", "fcn8s", "segformer", "ddpm256"):
+        assert name in res.output
+
+
+def test_unknown_config_key_is_a_clear_error(tiny_dataset, tmp_path):
+    res = runner.invoke(
+        app,
+        [
+            "train-seg",
+            "--out",
+            str(tmp_path / "r"),
+            "--source-root",
+            str(tiny_dataset),
+            "--set",
+            "optim.lrr=0.1",
+        ],
+    )
+    assert res.exit_code == 2
+    assert "lrr" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_missing_dataset_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    res = runner.invoke(
+        app, ["train-seg", "--out", str(tmp_path / "r"), "--source-root", str(missing)]
+    )
+    assert res.exit_code == 2
+    assert str(missing) in _plain(res.output)
+
+
+def test_train_then_evaluate_round_trip(tiny_dataset, tmp_path):
+    out = tmp_path / "r"
+    res = runner.invoke(
+        app,
+        [
+            "train-seg",
+            "--out",
+            str(out),
+            "--source-root",
+            str(tiny_dataset),
+            "--arch",
+            "fcn8s_tiny",
+            "--iterations",
+            "3",
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--set",
+            "num_workers=0",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    ckpt = out / "checkpoints" / "final.safetensors"
+    assert ckpt.is_file()
+    for f in ("config.yaml", "git.txt", "run.log", "metrics.json"):
+        assert (out / f).is_file(), f
+
+    ev = tmp_path / "eval"
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--root",
+            str(tiny_dataset),
+            "--split",
+            "train",
+            "--class-sets",
+            "all",
+            "--out",
+            str(ev),
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert set(metrics["miou"]) == {"all4"}
+    assert metrics["inference_ms_per_image"] > 0
+    assert f"{metrics['miou']['all4']:.1f}" in res.output
+    assert "ms/image" in res.output
+    assert len(list((ev / "predictions").glob("*.png"))) == 6
+
+
+def test_evaluate_rejects_wrong_class_count(tiny_dataset, tmp_path):
+    from conftest import write_folder_dataset
+
+    res = runner.invoke(
+        app,
+        [
+            "train-seg",
+            "--out",
+            str(tmp_path / "r"),
+            "--source-root",
+            str(tiny_dataset),
+            "--arch",
+            "fcn8s_tiny",
+            "--iterations",
+            "1",
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--set",
+            "num_workers=0",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    five = write_folder_dataset(tmp_path / "five", split="val", num_classes=5)
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "r" / "checkpoints" / "final.safetensors"),
+            "--root",
+            str(five),
+            "--class-sets",
+            "all",
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 2
+    assert "wrong class count" in _plain(res.output)
