@@ -98,10 +98,12 @@ def test_shipped_configs_load_and_validate():
     from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig, _fill
 
     files = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
-    assert len(files) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
+    paper = [f for f in files if "_cityscapes_" in f.name]
+    assert len(paper) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
+    assert [f.name for f in files if f not in paper] == ["custom_small.yaml"]
     for f in [*files, DEFAULT_CONFIG]:
         cfg = _fill(load_config(PipelineConfig, f, validate=False))
-        if f != DEFAULT_CONFIG:
+        if f in paper:
             # the paper's settings
             assert cfg.ptl.n_max == 600 and cfg.ptl.iterations_per_domain == 300
             assert cfg.ptl.guidance.scale == 80.0 and cfg.ptl.batch_size == 2
