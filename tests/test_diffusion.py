@@ -587,3 +587,49 @@ def test_tiny_unet_pipeline(sched):
         torch.testing.assert_close(as_eps_fn(unet)(x0, t), unet(x0, t).sample)
     assert torch.equal(as_eps_fn(lambda x, t: (x * 2,))(x0, t), x0 * 2)
     assert torch.equal(as_eps_fn(lambda x, t: torch.cat([x, -x], 1))(x0, t), x0)
+
+
+# ----------------------------------------------------------------------------- sampler vs theory
+class GaussianEps(nn.Module):
+    """The exact noise predictor for data x0 ~ N(m, s^2 I): with abar = alphas_cumprod at the
+    model timestep, E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) m) / (abar s^2 + 1 - abar)."""
+
+    def __init__(self, sched: DDPMSchedule, m: float, s: float) -> None:
+        super().__init__()
+        self.abar = sched.values("alphas_cumprod", torch.float32)
+        self.m, self.s = m, s
+
+    def forward(self, x, t):
+        a = self.abar[t].reshape(-1, *([1] * (x.ndim - 1)))
+        return (1 - a).sqrt() * (x - a.sqrt() * self.m) / (a * self.s**2 + 1 - a)
+
+
+def test_sampler_with_exact_model_reproduces_target_distribution(sched):
+    """Ancestral sampling (Eq. 3-4, Sigma = beta_t) with the exact eps of a Gaussian target
+    distribution must land on that distribution: from pure noise, and when translating
+    source samples of another distribution with n = T (phi^T forgets the source)."""
+    m, s = 0.3, 0.5
+    eps = GaussianEps(sched, m, s)
+    g = torch.Generator().manual_seed(0)
+    x = reverse(torch.randn((4096, 1, 2, 2), generator=g), 1000, eps, sched, generator=g)
+    assert x.mean().item() == pytest.approx(m, abs=0.02)
+    assert x.std().item() == pytest.approx(s, abs=0.015)  # eps scaled by 0.95 gives 0.53
+    src = -0.6 + 0.1 * torch.randn((4096, 1, 2, 2), generator=g)
+    y = translate(src, 1000, eps, sched, generator=g)
+    assert y.mean().item() == pytest.approx(m, abs=0.02)
+    assert y.std().item() == pytest.approx(s, abs=0.02)
+
+
+def test_translation_depth_interpolates_between_domains(sched):
+    """phi^n with the exact target model moves the source mean monotonically towards the
+    target's as n grows (the intermediate domains of PTL), and stays near it for small n."""
+    m, s = 0.3, 0.5
+    eps = GaussianEps(sched, m, s)
+    src = torch.full((2048, 1, 2, 2), -0.6)
+    means = []
+    for n in (1, 50, 200, 400, 700):
+        g = torch.Generator().manual_seed(1)
+        means.append(translate(src, n, eps, sched, generator=g).mean().item())
+    assert means[0] == pytest.approx(-0.6, abs=0.01)
+    assert all(a < b for a, b in zip(means, means[1:], strict=False))
+    assert means[-1] == pytest.approx(m, abs=0.05)
