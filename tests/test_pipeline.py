@@ -242,3 +242,30 @@ def test_custom_template_runs_on_folder_datasets(tmp_path):
     assert set(summary["miou"]) == {"source_only", "ptl"}
     assert all(0.0 <= v <= 100.0 for v in summary["miou"].values())
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_ablation_table_mean_std_and_paired_difference():
+    from diffdass.cli.ablate import FULL, ROWS, format_table, table_rows
+
+    a = "table2: (a) baseline phi^N, then training"
+    results = {
+        "0": {"source-only g_0": 8.0, FULL: 10.0, a: 11.0, "sweep_n: N = 100": 9.0},
+        "1": {"source-only g_0": 9.0, FULL: 12.0, a: 12.0},
+        "2": {"source-only g_0": 10.0, FULL: 11.0},  # row (a) not run for this seed
+    }
+    rows = table_rows(results, ROWS["table3"])
+    labels = [f"{r.group}: {r.name}" for r in rows]
+    # the rows run now (table 3), earlier ones in the paper's order, then earlier sweeps
+    assert labels[:2] == [a, FULL]
+    assert labels[2:4] == [f"table3: {r.name}" for r in ROWS["table3"]]
+    assert labels[-1] == "sweep_n: N = 100"
+    md = format_table(results, rows, "19")
+    line = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines()[2:]}
+    # mean 9.0, sample std 1.0, 3 seeds
+    assert line["source-only g_0"].startswith(
+        "| source-only g_0 | 9.0 | 1.0 | 3 | 8.0, 9.0, 10.0 |"
+    )
+    # (a): mean 11.5, std 0.707; paired difference to full on seeds 0 and 1: +1 and 0
+    assert f"| {a} | 11.5 | 0.7 | 2 | 11.0, 12.0 | +0.5 +- 0.7 | 48.3 |" in md
+    assert f"| {FULL} | 11.0 | 1.0 | 3 | 10.0, 12.0, 11.0 |  | 61.9 |" in md
+    assert "table3" not in md  # rows without any result are left out

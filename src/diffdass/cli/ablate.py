@@ -180,18 +180,42 @@ def run_ablation(
             res[label] = run_row(base, row, seed_dir, progress)
             write_json(results_path, results)
         write_json(results_path, results)
-    md = format_table(results, rows, cfg.evaluation.class_sets[0])
+    md = format_table(results, table_rows(results, rows), cfg.evaluation.class_sets[0])
     atomic_write_text(out / "ablation.md", md)
     return out / "ablation.md"
 
 
+FULL = "table2: (f) full"
+
+
+def table_rows(results: dict, rows: list[Row]) -> list[Row]:
+    """The rows to tabulate: those just run plus every other row already in ``results``
+    (earlier invocations with other groups or seeds), in the paper's order."""
+    present = {lab for res in results.values() for lab in res}
+    known = [r for group in ROWS.values() for r in group]
+    out = [r for r in known if r in rows or f"{r.group}: {r.name}" in present]
+    labels = {f"{r.group}: {r.name}" for r in out}
+    for r in rows:  # sweeps of this call
+        if f"{r.group}: {r.name}" not in labels:
+            out.append(r)
+            labels.add(f"{r.group}: {r.name}")
+    for lab in sorted(present - labels - {"source-only g_0", "target oracle"}):
+        group, _, name = lab.partition(": ")
+        out.append(Row(group, name, ""))  # sweeps of earlier calls
+    return out
+
+
 def format_table(results: dict, rows: list[Row], key: str) -> str:
+    """Markdown: per row the mean, sample std and per-seed values of target mIoU, and the
+    paired difference to the full method (same seed) as mean +- std over the seeds that
+    have both; the paper's G->C number for orientation."""
     seeds = sorted(results, key=int)
     labels = ["source-only g_0", "target oracle"] + [f"{r.group}: {r.name}" for r in rows]
     paper = {f"{r.group}: {r.name}": r.paper for r in rows}
     lines = [
-        f"| row | target mIoU{key} mean | std | n seeds | per seed | paper (G->C, R101) |",
-        "|---|---:|---:|---:|---|---:|",
+        f"| row | target mIoU{key} mean | std | n seeds | per seed | minus full (paired) "
+        "| paper (G->C, R101) |",
+        "|---|---:|---:|---:|---|---:|---:|",
     ]
     for lab in labels:
         vals = [results[s][lab] for s in seeds if lab in results[s]]
@@ -200,7 +224,16 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
         mean = statistics.fmean(vals)
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         per = ", ".join(f"{v:.1f}" for v in vals)
+        diffs = [
+            results[s][lab] - results[s][FULL] for s in seeds if {lab, FULL} <= results[s].keys()
+        ]
+        if diffs and lab != FULL:
+            dstd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+            delta = f"{statistics.fmean(diffs):+.1f} +- {dstd:.1f}"
+        else:
+            delta = ""
         lines.append(
-            f"| {lab} | {mean:.1f} | {std:.1f} | {len(vals)} | {per} | {paper.get(lab, '')} |"
+            f"| {lab} | {mean:.1f} | {std:.1f} | {len(vals)} | {per} | {delta} "
+            f"| {paper.get(lab, '')} |"
         )
     return "\n".join(lines) + "\n"
