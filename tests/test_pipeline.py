@@ -207,6 +207,14 @@ def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
     assert "source-only g_0" in md and "target oracle" in md
     res = json.loads((tmp_path / "abl" / "ablation.json").read_text())["0"]
     assert all(0.0 <= v <= 100.0 for v in res.values())
+    # the full method is computed once: it is the shared run's own PTL stage
+    base = json.loads((tmp_path / "abl" / "seed0" / "base" / "summary.json").read_text())
+    same = ["table2: (f) full", "table3: (b) L_ada + L_src", "table5: (c) alternate"]
+    same += ["appendix_c: (b) with augmentation"]
+    assert {res[k] for k in same} == {base["miou"]["ptl"]}
+    assert not (tmp_path / "abl" / "seed0" / "table2_f_full").exists()
+    # lambda = 0 is a different config from "w/o SGG" but must train identically
+    assert res["sweep_lambda: lambda = 0"] == res["table2: (b) w/o SGG"]
 
 
 def test_custom_template_runs_on_folder_datasets(tmp_path):
