@@ -270,10 +270,11 @@ def test_ablation_table_mean_std_and_paired_difference():
     md = format_table(results, rows, "19")
     line = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines()[2:]}
     # mean 9.0, sample std 1.0, 3 seeds
-    assert line["source-only g_0"].startswith(
-        "| source-only g_0 | 9.0 | 1.0 | 3 | 8.0, 9.0, 10.0 |"
+    assert line["source-only g_0"] == (
+        "| source-only g_0 | 9.0 | 1.0 | 3 | 8.0, 9.0, 10.0 | -2.0 +- 1.0 | 37.3 |"
     )
     # (a): mean 11.5, std 0.707; paired difference to full on seeds 0 and 1: +1 and 0
     assert f"| {a} | 11.5 | 0.7 | 2 | 11.0, 12.0 | +0.5 +- 0.7 | 48.3 |" in md
     assert f"| {FULL} | 11.0 | 1.0 | 3 | 10.0, 12.0, 11.0 |  | 61.9 |" in md
+    assert "| sweep_n: N = 100 | 9.0 | - | 1 | 9.0 | -1.0 |  |" in md  # one seed: no spread
     assert "table3" not in md  # rows without any result are left out

@@ -244,7 +244,7 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
     have both; the paper's G->C number for orientation."""
     seeds = sorted(results, key=int)
     labels = ["source-only g_0", "target oracle"] + [f"{r.group}: {r.name}" for r in rows]
-    paper = {f"{r.group}: {r.name}": r.paper for r in rows}
+    paper = {f"{r.group}: {r.name}": r.paper for r in rows} | {"source-only g_0": "37.3"}
     lines = [
         f"| row | target mIoU{key} mean | std | n seeds | per seed | minus full (paired) "
         "| paper (G->C, R101) |",
@@ -255,18 +255,17 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
         if not vals:
             continue
         mean = statistics.fmean(vals)
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        std = f"{statistics.stdev(vals):.1f}" if len(vals) > 1 else "-"
         per = ", ".join(f"{v:.1f}" for v in vals)
         diffs = [
             results[s][lab] - results[s][FULL] for s in seeds if {lab, FULL} <= results[s].keys()
         ]
+        delta = ""
         if diffs and lab != FULL:
-            dstd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-            delta = f"{statistics.fmean(diffs):+.1f} +- {dstd:.1f}"
-        else:
-            delta = ""
+            delta = f"{statistics.fmean(diffs):+.1f}"
+            if len(diffs) > 1:
+                delta += f" +- {statistics.stdev(diffs):.1f}"
         lines.append(
-            f"| {lab} | {mean:.1f} | {std:.1f} | {len(vals)} | {per} | {delta} "
-            f"| {paper.get(lab, '')} |"
+            f"| {lab} | {mean:.1f} | {std} | {len(vals)} | {per} | {delta} | {paper.get(lab, '')} |"
         )
     return "\n".join(lines) + "\n"
