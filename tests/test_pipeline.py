@@ -204,6 +204,7 @@ def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
         for row in group:
             assert row.name in md, row.name
     assert "N = 10" in md and "lambda = 0" in md
+    assert (tmp_path / "abl" / "fig5_sweeps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "source-only g_0" in md and "target oracle" in md
     res = json.loads((tmp_path / "abl" / "ablation.json").read_text())["0"]
     assert all(0.0 <= v <= 100.0 for v in res.values())
@@ -278,3 +279,7 @@ def test_ablation_table_mean_std_and_paired_difference():
     assert f"| {FULL} | 11.0 | 1.0 | 3 | 10.0, 12.0, 11.0 |  | 61.9 |" in md
     assert "| sweep_n: N = 100 | 9.0 | - | 1 | 9.0 | -1.0 |  |" in md  # one seed: no spread
     assert "table3" not in md  # rows without any result are left out
+    from diffdass.evaluation.report import sweep_plot
+
+    assert sweep_plot(results)[:4] == b"\x89PNG"
+    assert sweep_plot({"0": {FULL: 1.0}}) is None  # no sweep rows, no figure

@@ -20,8 +20,9 @@ from pathlib import Path
 from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import train_segmenter
 from diffdass.cli.pipeline import PipelineConfig, _fill, evaluate_checkpoint, run_pipeline
+from diffdass.evaluation.report import sweep_plot
 from diffdass.utils.config import ConfigError, from_dict, to_dict
-from diffdass.utils.io import atomic_write_text, read_json, write_json
+from diffdass.utils.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,9 @@ def run_ablation(
         write_json(results_path, results)
     md = format_table(results, table_rows(results, rows), cfg.evaluation.class_sets[0])
     atomic_write_text(out / "ablation.md", md)
+    png = sweep_plot(results, cfg.evaluation.class_sets[0])
+    if png is not None:
+        atomic_write_bytes(out / "fig5_sweeps.png", png)
     return out / "ablation.md"
 
 

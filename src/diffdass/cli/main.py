@@ -423,7 +423,10 @@ def ablate(
 ):
     """Re-run the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5) over seeds.
 
-    Writes OUT/ablation.md (mean, std and per-seed target mIoU per row) and OUT/ablation.json.
+    Writes OUT/ablation.md (mean, std, per-seed target mIoU and the paired difference to the
+    full method per row), OUT/ablation.json, and OUT/fig5_sweeps.png when sweeps were run.
+    Rows whose training is identical to an earlier one (the full method appears in four
+    tables) are computed once; re-running continues an interrupted ablation.
     """
     from diffdass.cli.ablate import run_ablation
     from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig

@@ -72,6 +72,36 @@ def _miou_along_n(domains: list[dict], miou0: float | None, key: str) -> bytes |
     return _fig_to_png(fig)
 
 
+def sweep_plot(results: dict, key: str = "19") -> bytes | None:
+    """The paper's Fig. 5 from ``diffdass ablate`` results: target mIoU (mean and min-max over
+    seeds) against N (``sweep_n: N = v`` rows) and lambda (``sweep_lambda: lambda = v``)."""
+    panels = {"sweep_n": ("N (largest diffusion depth)", {}), "sweep_lambda": ("lambda", {})}
+    for res in results.values():
+        for label, v in res.items():
+            group, _, name = label.partition(": ")
+            if group in panels and "=" in name:
+                x = float(name.split("=", 1)[1])
+                panels[group][1].setdefault(x, []).append(float(v))
+    panels = {g: p for g, p in panels.items() if p[1]}
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3), squeeze=False)
+    for ax, (_, (xlabel, pts)) in zip(axes[0], panels.items(), strict=True):
+        xs = sorted(pts)
+        mean = [float(np.mean(pts[x])) for x in xs]
+        ax.plot(xs, mean, "o-")
+        ax.fill_between(xs, [min(pts[x]) for x in xs], [max(pts[x]) for x in xs], alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"target mIoU{key} (%)")
+        ax.grid(alpha=0.3)
+    return _fig_to_png(fig)
+
+
 def _strips(ptl_dir: Path, max_cols: int = 8) -> np.ndarray | None:
     """Rows = source images, columns = domains (n = 0 is the source image itself)."""
     from PIL import Image
