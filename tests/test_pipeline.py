@@ -259,6 +259,7 @@ def test_ablation_table_mean_std_and_paired_difference():
     a = "table2: (a) baseline phi^N, then training"
     results = {
         "0": {"source-only g_0": 8.0, FULL: 10.0, a: 11.0, "sweep_n: N = 100": 9.0},
+        "3": {"sweep_n: N = 20": 9.5},
         "1": {"source-only g_0": 9.0, FULL: 12.0, a: 12.0},
         "2": {"source-only g_0": 10.0, FULL: 11.0},  # row (a) not run for this seed
     }
@@ -267,7 +268,7 @@ def test_ablation_table_mean_std_and_paired_difference():
     # the rows run now (table 3), earlier ones in the paper's order, then earlier sweeps
     assert labels[:2] == [a, FULL]
     assert labels[2:4] == [f"table3: {r.name}" for r in ROWS["table3"]]
-    assert labels[-1] == "sweep_n: N = 100"
+    assert labels[-2:] == ["sweep_n: N = 20", "sweep_n: N = 100"]  # numeric order
     md = format_table(results, rows, "19")
     line = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines()[2:]}
     # mean 9.0, sample std 1.0, 3 seeds

@@ -225,6 +225,15 @@ def run_ablation(
 FULL = "table2: (f) full"
 
 
+def _sweep_key(label: str) -> tuple[str, float, str]:
+    """Sort ``"sweep_n: N = 100"`` numerically within its group (200 before 1000)."""
+    group, _, name = label.partition(": ")
+    try:
+        return group, float(name.split("=", 1)[1]), name
+    except (IndexError, ValueError):
+        return group, float("inf"), name
+
+
 def table_rows(results: dict, rows: list[Row]) -> list[Row]:
     """The rows to tabulate: those just run plus every other row already in ``results``
     (earlier invocations with other groups or seeds), in the paper's order."""
@@ -236,7 +245,7 @@ def table_rows(results: dict, rows: list[Row]) -> list[Row]:
         if f"{r.group}: {r.name}" not in labels:
             out.append(r)
             labels.add(f"{r.group}: {r.name}")
-    for lab in sorted(present - labels - {"source-only g_0", "target oracle"}):
+    for lab in sorted(present - labels - {"source-only g_0", "target oracle"}, key=_sweep_key):
         group, _, name = lab.partition(": ")
         out.append(Row(group, name, ""))  # sweeps of earlier calls
     return out
