@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="benchmark root (default: RUN/data)")
     ap.add_argument("--iterations", type=int, default=None, help="default: PTL's total")
     ap.add_argument("--no-src", action="store_true", help="drop the source term (L_ada only)")
-    ap.add_argument("--variants", default="perfect,source", help="perfect | source | both")
+    ap.add_argument("--variants", default="perfect,source", help="comma list of: perfect, source")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()

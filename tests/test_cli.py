@@ -32,6 +32,29 @@ def _plain(text: str) -> str:
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
 
 
+def _train_seg(dataset, out, iterations: int):
+    """`diffdass train-seg` of a tiny FCN on ``dataset``; returns the CLI result."""
+    return runner.invoke(
+        app,
+        [
+            "train-seg",
+            "--out",
+            str(out),
+            "--source-root",
+            str(dataset),
+            "--arch",
+            "fcn8s_tiny",
+            "--iterations",
+            str(iterations),
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--set",
+            "num_workers=0",
+        ],
+    )
+
+
 def test_top_level_help_lists_every_command():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
@@ -84,25 +107,7 @@ def test_missing_dataset_names_the_path(tmp_path):
 
 def test_train_then_evaluate_round_trip(tiny_dataset, tmp_path):
     out = tmp_path / "r"
-    res = runner.invoke(
-        app,
-        [
-            "train-seg",
-            "--out",
-            str(out),
-            "--source-root",
-            str(tiny_dataset),
-            "--arch",
-            "fcn8s_tiny",
-            "--iterations",
-            "3",
-            "--batch-size",
-            "2",
-            "--quiet",
-            "--set",
-            "num_workers=0",
-        ],
-    )
+    res = _train_seg(tiny_dataset, out, iterations=3)
     assert res.exit_code == 0, res.output
     ckpt = out / "checkpoints" / "final.safetensors"
     assert ckpt.is_file()
@@ -139,25 +144,7 @@ def test_train_then_evaluate_round_trip(tiny_dataset, tmp_path):
 def test_evaluate_rejects_wrong_class_count(tiny_dataset, tmp_path):
     from conftest import write_folder_dataset
 
-    res = runner.invoke(
-        app,
-        [
-            "train-seg",
-            "--out",
-            str(tmp_path / "r"),
-            "--source-root",
-            str(tiny_dataset),
-            "--arch",
-            "fcn8s_tiny",
-            "--iterations",
-            "1",
-            "--batch-size",
-            "2",
-            "--quiet",
-            "--set",
-            "num_workers=0",
-        ],
-    )
+    res = _train_seg(tiny_dataset, tmp_path / "r", iterations=1)
     assert res.exit_code == 0, res.output
     five = write_folder_dataset(tmp_path / "five", split="val", num_classes=5)
     res = runner.invoke(

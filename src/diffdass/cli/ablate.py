@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +126,6 @@ def row_configs(base: PipelineConfig, row: Row, out: Path):
 def training_signature(ptl_cfg, so_cfg) -> str:
     """What determines a row's g_N: the PTL config (minus evaluation and strip settings, which
     do not touch training) and the g_0 config when the row trains its own."""
-    import json
-
     d = to_dict(ptl_cfg)
     for k in ("eval_every", "strip_images", "num_workers"):
         d.pop(k, None)
@@ -195,11 +194,8 @@ def run_ablation(
             res["target oracle"] = summary["miou"]["oracle"]
         # rows whose training is identical (the full method appears in Tables 2, 3, 5 and
         # appendix C) are computed once; the full method is the shared run's own PTL stage
-        done = {
-            training_signature(*row_configs(base, Row("", "", ""), seed_dir)): summary["miou"][
-                "ptl"
-            ]
-        }
+        full_sig = training_signature(*row_configs(base, Row("", "", ""), seed_dir))
+        done = {full_sig: summary["miou"]["ptl"]}
         for row in rows:
             label = f"{row.group}: {row.name}"
             sig = training_signature(*row_configs(base, row, seed_dir / _slug(row)))
