@@ -335,7 +335,7 @@ def _lcg_literal_sample(seg, x_t, y, t, sched, scale, z):
 # ----------------------------------------------------------------------------- LCG
 def test_lcg_class_gradients_confined_and_ignore_unguided(sched):
     seg, y, x = ConvSeg().eval(), make_labels(), rand_x(8)
-    lcg = LCG(seg, y, scale=80.0, mode="loop")
+    lcg = LCG(seg, y, scale=80.0, mode="loop", reduction="mean")
     item_b, item_c, grads = lcg.class_gradients(x)
     assert lcg.num_items == len(item_b) == 4 + 3
     for b, c, g in zip(item_b.tolist(), item_c.tolist(), grads, strict=True):
@@ -345,7 +345,9 @@ def test_lcg_class_gradients_confined_and_ignore_unguided(sched):
     ignore = (y == IGN)[:, None].expand(B, 3, H, W)
     assert ignore.any()
     for mode in ("batched", "loop", "single_pass"):
-        shift = LCG(seg, y, scale=80.0, mode=mode)(x, 100, 100, sched.variance(100))
+        shift = LCG(seg, y, scale=80.0, mode=mode, reduction="mean")(
+            x, 100, 100, sched.variance(100)
+        )
         assert (shift[ignore] == 0).all(), mode
         assert shift[~ignore].abs().sum() > 0, mode
 
@@ -356,14 +358,21 @@ def test_lcg_batched_equals_loop_equals_literal_eq8_9(sched, chunk):
     t, scale = 400, 80.0
     z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(11))
     literal = _lcg_literal_sample(seg, x_t, y, t, sched, scale, z)
-    loop = reverse_step(x_t, t, eps_fn, sched, noise=z, guidance=LCG(seg, y, scale, mode="loop"))
+    loop = reverse_step(
+        x_t, t, eps_fn, sched, noise=z, guidance=LCG(seg, y, scale, mode="loop", reduction="mean")
+    )
     batched = reverse_step(
-        x_t, t, eps_fn, sched, noise=z, guidance=LCG(seg, y, scale, chunk_size=chunk)
+        x_t,
+        t,
+        eps_fn,
+        sched,
+        noise=z,
+        guidance=LCG(seg, y, scale, chunk_size=chunk, reduction="mean"),
     )
     torch.testing.assert_close(loop, literal, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-6)
-    g_loop = LCG(seg, y, scale, mode="loop").gradient(x_t)
-    g_b = LCG(seg, y, scale, chunk_size=chunk).gradient(x_t)
+    g_loop = LCG(seg, y, scale, mode="loop", reduction="mean").gradient(x_t)
+    g_b = LCG(seg, y, scale, chunk_size=chunk, reduction="mean").gradient(x_t)
     torch.testing.assert_close(g_b, g_loop, rtol=1e-4, atol=1e-9)
     assert g_loop.abs().max() > 0
     # the guidance really moved the sample (not a trivially zero shift)
@@ -401,7 +410,7 @@ def test_guided_step_lowers_cross_entropy(sched, kind):
     def make(s):
         if kind == "gsg":
             return GSG(seg, y, scale=s)
-        return LCG(seg, y, scale=s, mode=kind.split("_", 1)[1])
+        return LCG(seg, y, scale=s, mode=kind.split("_", 1)[1], reduction="mean")
 
     objective = global_ce if kind == "gsg" else literal_lcg_loss
     base = reverse_step(x_t, t, eps_fn, sched, noise=z)

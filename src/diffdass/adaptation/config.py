@@ -41,15 +41,43 @@ class AugConfig:
             )
 
 
+#: Optimisers accepted by ``OptimConfig.name``.
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+
+
 @dataclass
 class OptimConfig:
-    """SGD with poly decay (paper: lr 2.5e-4, momentum 0.9; classifier head at 10x lr)."""
+    """Optimiser with poly decay, optionally after a linear warm-up.
 
+    Paper recipe (the default): SGD, lr 2.5e-4, momentum 0.9, weight decay 5e-4, poly 0.9,
+    classifier head at 10x lr -- it assumes ImageNet-initialised backbones. CPU-scale runs from
+    random initialisation (``unet_small``) use AdamW, e.g. lr 1e-3, ``head_lr_mult: 1.0``.
+    """
+
+    # "sgd" (paper) or "adamw" (betas (0.9, 0.999); random-init CPU-scale recipe)
+    name: str = "sgd"
+    # base learning rate: the backbone's; the head gets lr * head_lr_mult
     lr: float = 2.5e-4
+    # SGD momentum; unused by AdamW
     momentum: float = 0.9
+    # SGD: L2 penalty added to the gradient; AdamW: decoupled decay (p -= lr * wd * p)
     weight_decay: float = 5e-4
+    # lr(it) = lr * (1 - it / iterations) ** poly_power, for both optimisers
     poly_power: float = 0.9
-    head_lr_mult: float = 10.0  # the newly initialised classifier head learns 10x faster
+    # the newly initialised classifier head learns this many times faster (both optimisers)
+    head_lr_mult: float = 10.0
+    # linear warm-up over the first `warmup` iterations (lr * (it + 1) / warmup, times the
+    # poly factor); 0 disables it
+    warmup: int = 0
+
+    def validate(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"optim.name: unknown optimiser {self.name!r}; valid ones are "
+                f"{', '.join(OPTIMIZERS)}"
+            )
+        if self.warmup < 0:
+            raise ConfigError(f"optim.warmup must be >= 0, got {self.warmup}")
 
 
 @dataclass

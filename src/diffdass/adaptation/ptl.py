@@ -35,7 +35,12 @@ from tqdm.auto import tqdm
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.config import AugConfig, NoisyMaskedConfig, OptimConfig
 from diffdass.adaptation.seg_training import SegTrainer
-from diffdass.adaptation.translation import GuidanceConfig, batch_generator, translate_batch
+from diffdass.adaptation.translation import (
+    GuidanceConfig,
+    SamplerConfig,
+    batch_generator,
+    translate_batch,
+)
 from diffdass.data.folder import (
     DomainSpec,
     FolderDataset,
@@ -67,11 +72,16 @@ class PTLConfig:
     iterations_per_domain: int = 300
     batch_size: int = 2
     loss_src: bool = True  # L_ft = L_ada + L_src (Eq. 12); False: L_ada only (Table 3)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     noisy_masked: NoisyMaskedConfig = field(default_factory=NoisyMaskedConfig)
-    freeze_bn: bool = False
+    # BatchNorm during fine-tuning (the paper does not say): "separate" = train mode, one
+    # forward per batch (translated, then source: each normalised by its own statistics);
+    # "joint" = one forward of the concatenated translated + source batch; "frozen" = running
+    # statistics of g_0 kept (DeepLab-V2 with ImageNet weights and batch 2).
+    bn: str = "separate"
     translate_batch_size: int = 8
     # translate at [H, W] (e.g. the DDPM's 256x512) and resize back to the training crop;
     # default: translate the crop itself (the UNet is convolutional)
@@ -86,6 +96,8 @@ class PTLConfig:
     num_workers: int = 0
 
     def validate(self) -> None:
+        if self.bn not in ("separate", "joint", "frozen"):
+            raise ConfigError(f"bn must be separate|joint|frozen, got {self.bn!r}")
         if self.domains not in ("every", "spread"):
             raise ConfigError(f"domains must be 'every' or 'spread', got {self.domains!r}")
         if self.n_max < 1 or self.iterations_per_domain < 1 or self.batch_size < 1:
@@ -121,7 +133,7 @@ def _domain_seed(seed: int, k: int, stream: int) -> int:
 def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) PTL; writes ``checkpoints/final.safetensors`` = g_K and metrics."""
     validate_tree(cfg)
-    from diffdass.diffusion.training import load_ddpm
+    from diffdass.diffusion.training import ddpm_moments, load_ddpm
     from diffdass.evaluation.evaluate import evaluate
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
@@ -136,6 +148,8 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         return done
     device = resolve_device(cfg.device)
     unet, dmeta = load_ddpm(cfg.ddpm, device)
+    moments = ddpm_moments(dmeta)
+    cfg.sampler.options(moments, cfg.guidance)  # a missing requirement fails before any work
     schedule = DDPMSchedule(num_timesteps=int(dmeta.get("num_timesteps", 1000)))
     if cfg.n_max > schedule.num_timesteps:
         raise ConfigError(
@@ -167,7 +181,15 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
             min(cfg.noisy_masked.max_timestep, schedule.num_timesteps),
         )
     trainer = SegTrainer(
-        model, cfg.optim, total_iters, device, cfg.seed, cfg.amp, cfg.freeze_bn, nm
+        model,
+        cfg.optim,
+        total_iters,
+        device,
+        cfg.seed,
+        cfg.amp,
+        freeze_bn=cfg.bn == "frozen",
+        noisy_masked=nm,
+        joint_bn=cfg.bn == "joint",
     )
     meta = segmenter_meta_from(smeta)
     last = run.ckpt_dir / "last.safetensors"
@@ -204,9 +226,19 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         n = levels[k]
         if strip_idx:  # X^n of a few fixed images, guided by g_{k-1} like the domain itself
             _save_strip(
-                cfg, k, n, strip_ds, strip_idx, trainer.model, unet, schedule, device, run.path
+                cfg,
+                k,
+                n,
+                strip_ds,
+                strip_idx,
+                trainer.model,
+                unet,
+                schedule,
+                device,
+                run.path,
+                moments,
             )
-        rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device)
+        rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device, moments)
         imgs_done += rec["translated_images"]
         if (
             val_ds is not None
@@ -273,7 +305,7 @@ def _fixed_size(a: AugConfig) -> tuple[int, int]:
     return tuple(a.crop) if a.crop else tuple(a.resize)
 
 
-def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed) -> torch.Tensor:
+def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments) -> torch.Tensor:
     """translate_batch at ``cfg.translate_size`` (if set), returned at the input's size."""
     import torch.nn.functional as F
 
@@ -293,13 +325,15 @@ def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed) -> torch.T
         generator,
         cfg.reverse_steps if cfg.domains == "spread" else None,
         seed=seed,
+        sampler=cfg.sampler,
+        moments=moments,
     )
     if tuple(xg.shape[-2:]) != size:
         xg = F.interpolate(xg, size=size, mode="bilinear", align_corners=False).clamp(-1, 1)
     return xg
 
 
-def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> dict:
+def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments) -> dict:
     """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune."""
     t0 = time.perf_counter()
     iters, bs = cfg.iterations_per_domain, cfg.batch_size
@@ -326,6 +360,7 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> d
             guide,
             batch_generator(_domain_seed(cfg.seed, k, 0), j),
             _domain_seed(cfg.seed, k, 1) + j,
+            moments,
         )
         src_imgs.append(x0.half())
         labels.append(y)
@@ -356,7 +391,9 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device) -> d
     }
 
 
-def _save_strip(cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_path: Path) -> None:
+def _save_strip(
+    cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_path: Path, moments
+) -> None:
     """Translate a few fixed source images at this domain's n (Fig. 4 strips)."""
     items = [strip_ds[i] for i in idx]
     x0 = torch.stack([it["image"] for it in items]).to(device)
@@ -373,6 +410,7 @@ def _save_strip(cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_pat
         model,
         batch_generator(_domain_seed(cfg.seed, 0, 9), 0),
         cfg.seed,
+        moments,
     )
     model.train(was_training)
     for it, x in zip(items, xg, strict=True):

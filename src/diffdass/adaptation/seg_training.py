@@ -76,7 +76,11 @@ def seg_loss(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
 ):
     """Pixel cross-entropy, logits upsampled bilinearly to the label size."""
-    logits = model(images)
+    return ce_loss(model(images), labels, ignore_index)
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255):
+    """Pixel cross-entropy of ``logits``, upsampled bilinearly to the label size."""
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
@@ -88,8 +92,30 @@ def set_bn_eval(model: torch.nn.Module) -> None:
             m.eval()
 
 
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser ``optim.name`` over ``model.param_groups`` (head at ``head_lr_mult`` x lr).
+
+    ``sgd``: momentum ``optim.momentum``, L2 weight decay ``optim.weight_decay`` (the paper).
+    ``adamw``: betas (0.9, 0.999), decoupled weight decay ``optim.weight_decay``; momentum is
+    unused. The learning rates are set by :class:`SegTrainer` at every step.
+
+    Raises:
+        ConfigError: unknown ``optim.name``.
+    """
+    optim.validate()
+    groups = model.param_groups(optim.lr, head_lr_mult=optim.head_lr_mult)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(
+            groups, lr=optim.lr, betas=(0.9, 0.999), weight_decay=optim.weight_decay
+        )
+    return torch.optim.SGD(
+        groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
+
+
 class SegTrainer:
-    """SGD + poly decay + optional AMP and noisy-masked augmentation around one segmenter.
+    """SGD or AdamW + (warm-up and) poly decay + optional AMP and noisy-masked augmentation
+    around one segmenter.
 
     ``step(it, batches)`` sums the cross-entropy of several (images, labels) batches,
     which is how PTL's L_ft = CE(g(X^n), Y^S) + CE(g(X^S), Y^S) is formed.
@@ -105,6 +131,7 @@ class SegTrainer:
         amp: bool = True,
         freeze_bn: bool = False,
         noisy_masked: NoisyMaskedAugment | None = None,
+        joint_bn: bool = False,
     ) -> None:
         self.model = model.to(device)
         self.device = device
@@ -113,14 +140,18 @@ class SegTrainer:
         self.seed = seed
         self.amp = amp and device.type == "cuda"
         self.freeze_bn = freeze_bn
+        # several batches in one step (PTL's L_ada + L_src): one forward of their
+        # concatenation (BatchNorm statistics of both) instead of one forward each
+        self.joint_bn = joint_bn
         self.noisy_masked = noisy_masked
-        groups = model.param_groups(optim.lr, head_lr_mult=optim.head_lr_mult)
-        self.optimizer = torch.optim.SGD(
-            groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
-        )
+        self.optimizer = build_optimizer(model, optim)
 
     def lr_at(self, it: int) -> float:
-        return self.cfg.lr * (1 - min(it, self.total) / self.total) ** self.cfg.poly_power
+        """Base lr of iteration ``it``: poly decay, times ``(it + 1) / warmup`` while warming up."""
+        lr = self.cfg.lr * (1 - min(it, self.total) / self.total) ** self.cfg.poly_power
+        if self.cfg.warmup > 0 and it < self.cfg.warmup:
+            lr *= (it + 1) / self.cfg.warmup
+        return lr
 
     def _set_lr(self, it: int) -> float:
         lr = self.lr_at(it)
@@ -138,14 +169,26 @@ class SegTrainer:
         lr = self._set_lr(it)
         self.optimizer.zero_grad(set_to_none=True)
         parts, n_aug = [], 0
+        prepared = []
         for images, labels in batches:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             if self.noisy_masked is not None:
                 images, labels, k = self.noisy_masked(images, labels, gen)
                 n_aug += k
+            prepared.append((images, labels))
+        if self.joint_bn and len(prepared) > 1:
+            # one forward of the concatenated batches: BatchNorm sees their joint statistics
+            sizes = [x.shape[0] for x, _ in prepared]
+            x_all = torch.cat([x for x, _ in prepared])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                parts.append(seg_loss(self.model, images, labels))
+                logits = self.model(x_all)
+            for lg, (_, labels) in zip(logits.split(sizes), prepared, strict=True):
+                parts.append(ce_loss(lg, labels))
+        else:
+            for images, labels in prepared:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    parts.append(seg_loss(self.model, images, labels))
         loss = torch.stack(parts).sum()
         if not torch.isfinite(loss):
             raise FloatingPointError(

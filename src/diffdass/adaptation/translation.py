@@ -20,7 +20,8 @@ from diffdass.data.folder import DomainSpec, FolderDataset, tensor_to_image
 from diffdass.data.labels import colorize
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.guidance import build_guidance
-from diffdass.diffusion.sampler import as_eps_fn, translate
+from diffdass.diffusion.moments import EpsMoments
+from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import save_image
@@ -36,12 +37,21 @@ class GuidanceConfig:
     arrangement: str = "alternate"  # alternate | lcg_then_gsg | gsg_then_lcg | random
     lcg_mode: str = "batched"  # batched | loop (naive reference) | single_pass (approximation)
     chunk_size: int = 16  # masked images per segmenter pass in batched LCG
-    # How the pixel cross-entropies of L_ce are reduced. "mean" (default): torch's
-    # cross-entropy as written in Eq. 6 and 10 (per image; per class region for LCG).
-    # "sum": log p(y | x_t) of a label map factorises over pixels, so its gradient is the
-    # sum of the per-pixel ones; the shift per pixel then no longer shrinks with the image
-    # size, and lambda must be far smaller (docs/translation.md has the measured sweep).
-    reduction: str = "mean"
+    # How the pixel cross-entropies of L_ce are reduced (effective per-pixel steps and the
+    # bound on the shift: diffdass.diffusion.guidance). "image_mean" (default): every labelled
+    # pixel weighs 1/|labelled pixels of its image| in GSG and LCG alike (LCG: each region's
+    # summed CE over the image's labelled pixel count). "mean": the paper's Eq. 6 and 10 read
+    # literally (torch's mean CE per image, per class region for LCG: a tiny region's pixels
+    # weigh up to |image| times more). "sum": the factorised log p(y | x_t); lambda must then
+    # be ~|image| times smaller (docs/translation.md).
+    reduction: str = "image_mean"
+    # Where the segmenter reads the image: "x_t" (the paper: the noisy sample), "x0" (the
+    # predicted clean image, gradient mapped back by 1/sqrt(abar_t), no gradient through the
+    # UNet) or "x0_unet" (the predicted clean image, exact gradient through the UNet; costs a
+    # UNet backward). Segmenters never see noisy inputs in training: "x0" keeps them in
+    # distribution.
+    input: str = "x_t"
+    max_t: int | None = None  # guide only steps at model timestep <= max_t (None: every step)
     amp: bool = True  # bf16 segmenter forward on CUDA
 
     def validate(self) -> None:
@@ -51,10 +61,63 @@ class GuidanceConfig:
             raise ConfigError(f"guidance.arrangement: unknown {self.arrangement!r}")
         if self.lcg_mode not in ("batched", "loop", "single_pass"):
             raise ConfigError(f"guidance.lcg_mode: unknown {self.lcg_mode!r}")
-        if self.reduction not in ("sum", "mean"):
-            raise ConfigError(f"guidance.reduction must be sum|mean, got {self.reduction!r}")
+        if self.reduction not in ("image_mean", "mean", "sum"):
+            raise ConfigError(
+                f"guidance.reduction must be image_mean|mean|sum, got {self.reduction!r}"
+            )
+        if self.input not in ("x_t", "x0", "x0_unet"):
+            raise ConfigError(f"guidance.input must be x_t|x0|x0_unet, got {self.input!r}")
+        if self.max_t is not None and self.max_t < 0:
+            raise ConfigError("guidance.max_t must be >= 0 (or null for every step)")
         if self.scale < 0:
             raise ConfigError("guidance.scale must be >= 0")
+
+
+@dataclass
+class SamplerConfig:
+    """How translation takes its reverse steps (:class:`diffdass.diffusion.SamplerOptions`).
+
+    The defaults are right at any number of reverse steps: the analytic variance (Analytic-DPM,
+    from eps moments stored in the DDPM checkpoint) and the predicted x_0 clipped to [-1, 1].
+    ``variance: fixed_large`` with ``clip_x0: false`` is the paper's literal sampler (exact only
+    for full-length chains: with respaced steps it leaves noise in every image,
+    docs/translation.md); ``solver: ddim`` is deterministic DDIM.
+    """
+
+    solver: str = "ancestral"  # ancestral | ddim
+    variance: str = "analytic"  # analytic | fixed_large (paper) | fixed_small
+    clip_x0: bool = True
+
+    def validate(self) -> None:
+        if self.solver not in ("ancestral", "ddim"):
+            raise ConfigError(f"sampler.solver must be ancestral|ddim, got {self.solver!r}")
+        if self.variance not in ("analytic", "fixed_large", "fixed_small"):
+            raise ConfigError(
+                f"sampler.variance must be analytic|fixed_large|fixed_small, got {self.variance!r}"
+            )
+
+    def needs_moments(self) -> bool:
+        return self.solver == "ancestral" and self.variance == "analytic"
+
+    def options(
+        self, moments: EpsMoments | None = None, guidance: GuidanceConfig | None = None
+    ) -> SamplerOptions:
+        """The sampler options, with the guidance's input and threshold."""
+        if self.needs_moments() and moments is None:
+            raise ConfigError(
+                "sampler.variance=analytic needs the DDPM's eps moments: this DDPM checkpoint "
+                "has none (written by an older version). Re-run `diffdass train-ddpm` with the "
+                "same config and output folder (it adds them without retraining), or set "
+                "sampler.variance=fixed_small / sampler.solver=ddim"
+            )
+        return SamplerOptions(
+            solver=self.solver,
+            variance=self.variance,
+            clip_x0=self.clip_x0,
+            moments=moments,
+            guidance_input=guidance.input if guidance else "x_t",
+            guidance_max_t=guidance.max_t if guidance else None,
+        )
 
 
 def translate_batch(
@@ -68,8 +131,14 @@ def translate_batch(
     generator: torch.Generator,
     respace_steps: int | None = None,
     seed: int = 0,
+    sampler: SamplerConfig | None = None,
+    moments: EpsMoments | None = None,
 ) -> torch.Tensor:
-    """Translate one batch with ``n`` diffusion steps and guidance (``kind='none'``: phi^n)."""
+    """Translate one batch with ``n`` diffusion steps and guidance (``kind='none'``: phi^n).
+
+    ``sampler`` defaults to :class:`SamplerConfig` (analytic variance: needs ``moments``, see
+    :func:`diffdass.diffusion.training.ddpm_moments`)."""
+    opts = (sampler or SamplerConfig()).options(moments, guidance)
     amp_dtype = torch.bfloat16 if guidance.amp and images.is_cuda else None
     g = build_guidance(
         guidance.kind,
@@ -92,6 +161,7 @@ def translate_batch(
             guidance=g,
             generator=generator,
             respace_steps=respace_steps,
+            options=opts,
         )
     return out.float().clamp(-1, 1)
 
@@ -104,7 +174,8 @@ class TranslateConfig:
     ddpm: str = ""  # train-ddpm checkpoint
     segmenter: str = ""  # segmenter checkpoint guiding the translation (unless guidance.kind=none)
     n: int = 200  # diffusion/reverse steps (paper's final domain: 600)
-    respace_steps: int | None = None  # reverse in fewer model calls (off: fidelity)
+    respace_steps: int | None = None  # reverse in fewer model calls (off: all n steps)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     resize: list[int] | None = None  # translate at [H, W] (default: the DDPM's resolution)
     batch_size: int = 8
@@ -142,7 +213,7 @@ def preview_sheet(rows: list[list[np.ndarray]]) -> np.ndarray:
 def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = True) -> dict:
     """Translate ``cfg.source`` and write ``out/dataset`` (folder format) and ``out/previews``."""
     validate_tree(cfg)
-    from diffdass.diffusion.training import load_ddpm
+    from diffdass.diffusion.training import ddpm_moments, load_ddpm
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
     from diffdass.utils.run import RunDir
@@ -150,6 +221,8 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
     run = RunDir(out, "translate").open(cfg, resume_ignore=("limit", "preview"))
     device = resolve_device(cfg.device)
     unet, meta = load_ddpm(cfg.ddpm, device)
+    moments = ddpm_moments(meta)
+    cfg.sampler.options(moments, cfg.guidance)  # fails now, not after the first batch
     size = tuple(cfg.resize) if cfg.resize else tuple(meta["sample_size"])
     ds = FolderDataset(cfg.source.root, cfg.source.split, "required", transform=Resize(*size))
     seg = None
@@ -191,6 +264,8 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
             batch_generator(cfg.seed, b),
             cfg.respace_steps,
             cfg.seed + b,
+            cfg.sampler,
+            moments,
         )
         for it, x in zip(items, guided, strict=True):
             save_image(
@@ -211,6 +286,8 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
                     none,
                     batch_generator(cfg.seed, b),
                     cfg.respace_steps,
+                    sampler=cfg.sampler,
+                    moments=moments,
                 )
             for it, xb, xg in zip(items, base, guided, strict=True):
                 if len(preview_rows) < cfg.preview:
@@ -235,6 +312,7 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
         "n": cfg.n,
         "reverse_steps": steps,
         "guidance": cfg.guidance.kind,
+        "sampler": f"{cfg.sampler.solver}/{cfg.sampler.variance}/clip={cfg.sampler.clip_x0}",
         "images": n_items,
         "translated": done,
         "reused": skipped,

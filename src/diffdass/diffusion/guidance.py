@@ -11,12 +11,34 @@ the sample *away* from its label. Classifier guidance (Dhariwal & Nichol) adds
 implemented here (see ``PROTOCOL.md``; ``tests/test_diffusion.py`` proves a guided step lowers the
 cross-entropy).
 
-Reduction (it sets the effective scale). ``reduction="mean"`` (default) is torch's default
-``F.cross_entropy(..., ignore_index=255)`` -- the mean over the non-ignored pixels -- taken **per
-image** and summed over the batch, so every image gets exactly the gradient it would get alone
-(batch-invariant translation; for B = 1 it is torch's default reduction). For LCG the mean is
-over the pixels of the class region (Eq. 6 restricts the label to ``m_c``), per (image, class).
-``reduction="sum"`` sums the per-pixel cross-entropies instead (a gradient ~|region| larger).
+Reduction (it sets the effective scale). Write ``ce_p`` for the cross-entropy at pixel ``p``,
+``V_b`` for the labelled (non-ignored) pixels of image ``b`` and ``m_c`` for class region ``c``.
+The loss is ``sum_p w_p ce_p`` per image and the shift is ``-scale * Sigma * sum_p w_p grad ce_p``,
+so ``scale * Sigma * w_p`` is the **effective per-pixel step**:
+
+============== ====================== ====================== =================================
+reduction      GSG weight ``w_p``     LCG weight ``w_p``     note
+============== ====================== ====================== =================================
+``image_mean`` ``1/|V_b|``            ``1/|V_b|``            default: LCG and GSG weigh a pixel
+                                                             alike; nothing depends on region
+                                                             size
+``mean``       ``1/|V_b|``            ``1/|m_c|``            the paper's Eq. 6/10 read
+                                                             literally (torch's mean CE per
+                                                             region): a 1-pixel region weighs
+                                                             ``|V_b|`` times a GSG pixel
+``sum``        ``1``                  ``1``                  ``log p(y|x)`` of a factorised
+                                                             label map; ~``|V_b|`` times larger
+============== ====================== ====================== =================================
+
+Bound. ``|d ce_p / d logits_p|_2 <= sqrt(2)`` (softmax minus one-hot), so with a segmenter whose
+input-to-logit Jacobian has operator norm ``J`` the shift of one image is bounded in L2 by
+``scale * Sigma * sqrt(2) * J * sum_p w_p``: ``scale * Sigma * sqrt(2) * J`` for ``image_mean``
+(and for GSG) whatever the image size or the region sizes, ``scale * Sigma * sqrt(2) * J * K`` for
+the literal ``mean`` of LCG with ``K`` regions (each region's weights sum to 1, so the bound
+grows with the number of regions and the shift concentrates on small regions: the measured rms
+of the literal LCG shift was 9x GSG's, its max 40x; ``docs/translation.md``), and
+``|V_b|`` times larger for ``sum``. Taken per image and summed over the batch, every image gets
+the gradient it would get alone (batch-invariant translation).
 
 Gradients are taken w.r.t. the noisy input ``x_t`` only, through the segmenter only (never the
 UNet), with ``torch.autograd.grad`` on the input, so the segmenter's parameters never accumulate
@@ -52,7 +74,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["image_mean", "mean", "sum"]
+REDUCTIONS = ("image_mean", "mean", "sum")
 
 
 class GuidanceFn(Protocol):
@@ -100,12 +123,13 @@ def _autocast(x: Tensor, amp_dtype: torch.dtype | None, force_fp32: bool = False
 def per_image_ce(
     logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, reduction: Reduction = "mean"
 ) -> Tensor:
-    """(B,) cross-entropy per image: mean (or sum) over its non-ignored pixels; 0 if none."""
+    """(B,) cross-entropy per image: mean (``mean``, ``image_mean``) or sum (``sum``) over its
+    non-ignored pixels; 0 if none."""
     ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
     total = ce.flatten(1).sum(1)
     if reduction == "sum":
         return total
-    if reduction != "mean":
+    if reduction not in ("mean", "image_mean"):
         raise ValueError(f"unknown reduction {reduction!r}")
     valid = (labels != ignore_index).flatten(1).sum(1).clamp_min(1)
     return total / valid
@@ -121,12 +145,12 @@ class _SegmenterGuidance(ABC):
         scale: float = 80.0,
         ignore_index: int = IGNORE_INDEX,
         amp_dtype: torch.dtype | None = None,
-        reduction: Reduction = "mean",
+        reduction: Reduction = "image_mean",
     ) -> None:
         if labels.ndim != 3:
             raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"unknown reduction {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}: one of {REDUCTIONS}")
         self.segmenter = segmenter
         self.labels = labels.long()
         self.scale = float(scale)
@@ -222,7 +246,7 @@ class LCG(_SegmenterGuidance):
         mode: LCGMode = "batched",
         ignore_index: int = IGNORE_INDEX,
         amp_dtype: torch.dtype | None = None,
-        reduction: Reduction = "mean",
+        reduction: Reduction = "image_mean",
     ) -> None:
         super().__init__(segmenter, labels, scale, ignore_index, amp_dtype, reduction)
         if mode not in ("batched", "loop", "single_pass"):
@@ -258,6 +282,19 @@ class LCG(_SegmenterGuidance):
             )
         return y
 
+    def _item_losses(self, logits: Tensor, tgt: Tensor, b: Tensor, y: Tensor) -> Tensor:
+        """(n,) loss ``L_c`` of items (b, c) from their logits and restricted targets.
+
+        ``mean`` (the paper's Eq. 6 read literally): the mean over the region, a pixel weighs
+        ``1/|m_c|``. ``image_mean`` (bounded): the region's summed cross-entropy divided by the
+        image's labelled pixel count, a pixel weighs ``1/|valid(b)|`` as in GSG. ``sum``: 1.
+        """
+        if self.reduction == "image_mean":
+            total = per_image_ce(logits, tgt, self.ignore_index, "sum")
+            valid = (y != self.ignore_index).flatten(1).sum(1).clamp_min(1).float()
+            return total / valid[b]
+        return per_image_ce(logits, tgt, self.ignore_index, self.reduction)
+
     def _region_items(self, y: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """Masks (n,1,H,W) bool and restricted targets (n,H,W) for items (b, c)."""
         yb = y[b]
@@ -275,7 +312,7 @@ class LCG(_SegmenterGuidance):
             m, tgt = self._region_items(y, b, c)
             inp = x[b] * m.to(x.dtype)
             logits = self._logits(inp, y.shape[-2:])
-            loss = per_image_ce(logits, tgt, self.ignore_index, self.reduction).sum()
+            loss = self._item_losses(logits, tgt, b, y).sum()
             (g,) = torch.autograd.grad(loss, x)
             total += g
         return total
@@ -292,7 +329,7 @@ class LCG(_SegmenterGuidance):
                 m, tgt = self._region_items(y, b, c)
                 xb = x_t[b].detach().float().requires_grad_(True)
                 logits = self._logits(xb * m.float(), y.shape[-2:], amp=False)
-                loss = per_image_ce(logits, tgt, self.ignore_index, self.reduction).sum()
+                loss = self._item_losses(logits, tgt, b, y).sum()
                 (grads[i : i + 1],) = torch.autograd.grad(loss, xb)
         return item_b, item_c, grads
 
@@ -303,10 +340,14 @@ class LCG(_SegmenterGuidance):
         return total.index_add_(0, item_b, grads * m.float())
 
     def _single_pass_weights(self, y: Tensor) -> Tensor:
-        """(B,H,W) weight 1/|m_c| (mean) or 1 (sum) at each valid pixel, 0 on ignore."""
+        """(B,H,W) weight 1/|m_c| (mean), 1/|valid| (image_mean) or 1 (sum) at each valid
+        pixel, 0 on ignore."""
         valid = y != self.ignore_index
         if self.reduction == "sum":
             return valid.float()
+        if self.reduction == "image_mean":
+            n = valid.flatten(1).sum(1).clamp_min(1).float()
+            return valid.float() / n.view(-1, 1, 1)
         flat = torch.where(valid, y, torch.zeros_like(y)).flatten(1)
         n_cls = int(flat.max()) + 1 if flat.numel() else 1
         counts = torch.zeros(y.shape[0], n_cls, device=y.device, dtype=torch.float32)
@@ -342,7 +383,7 @@ class LCG(_SegmenterGuidance):
                 b, c = item_b[i : i + 1], item_c[i : i + 1]
                 m, tgt = self._region_items(y, b, c)
                 logits = self._logits(x[b].float() * m.float(), y.shape[-2:], amp=False)
-                out[b] += per_image_ce(logits, tgt, self.ignore_index, self.reduction)
+                out[b] += self._item_losses(logits, tgt, b, y)
         return out
 
 
@@ -429,7 +470,7 @@ def build_guidance(
     seed: int = 0,
     amp_dtype: torch.dtype | None = None,
     ignore_index: int = IGNORE_INDEX,
-    reduction: Reduction = "mean",
+    reduction: Reduction = "image_mean",
 ) -> GuidanceFn | None:
     """Guidance for one batch of labels: ``None`` (baseline), GSG-only, LCG-only or SGG."""
     if kind == "none":

@@ -202,6 +202,31 @@ class DDPMSchedule:
         """Sigma_theta at index ``t``: ``beta_t`` ("fixed large", paper Sec. 5.1)."""
         return float(self._f64["betas"][self._check_index(t)])
 
+    def step_variance(self, t: int, kind: str = "fixed_large", gamma: float | None = None) -> float:
+        """Variance of the reverse step from index ``t`` (Sigma of Eq. 3), by name.
+
+        - ``"fixed_large"``: ``beta_t`` (the paper's; DDPM's upper bound; right for long chains of
+          wide data, leaves noise when a respaced chain takes big steps);
+        - ``"fixed_small"``: ``beta~_t``, the posterior variance of q(x_{t-1} | x_t, x_0) (the lower
+          bound: right only if x_0 were known; a few big steps then lose variance);
+        - ``"analytic"``: ``beta~_t + coef1_t^2 (1 - abar_t) / abar_t (1 - gamma)`` with
+          ``gamma = E||eps||^2 / d`` at this step's model timestep (Analytic-DPM, see
+          :mod:`diffdass.diffusion.moments`); ``1 - gamma`` is clipped to [0, 1].
+        """
+        t = self._check_index(t)
+        if kind == "fixed_large":
+            return float(self._f64["betas"][t])
+        tilde = float(self._f64["posterior_variance"][t])
+        if kind == "fixed_small":
+            return tilde
+        if kind != "analytic":
+            raise ValueError(f"unknown variance {kind!r}: fixed_large | fixed_small | analytic")
+        if gamma is None:
+            raise ValueError("the analytic variance needs gamma (eps moments of the model)")
+        abar = float(self._f64["alphas_cumprod"][t])
+        c1 = float(self._f64["posterior_mean_coef1"][t])
+        return tilde + c1 * c1 * (1.0 - abar) / abar * min(max(1.0 - float(gamma), 0.0), 1.0)
+
     # ------------------------------------------------------------------ training
     def training_loss(
         self,

@@ -26,12 +26,13 @@ from diffdass.data.folder import (
     StreamDataset,
     tensor_to_image,
 )
-from diffdass.data.transforms import train_transform
-from diffdass.diffusion.sampler import as_eps_fn, reverse
+from diffdass.data.transforms import Resize, train_transform
+from diffdass.diffusion.moments import EpsMoments, estimate_eps_moments
+from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, reverse
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.ema import EMA
 from diffdass.models.unet import build_unet
-from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
+from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
 from diffdass.utils.io import save_image
@@ -77,10 +78,32 @@ class TrainDDPMConfig:
             raise ConfigError("adam_betas must be two numbers")
 
 
-def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
-    """(UNet with EMA weights, meta) from a ``train-ddpm`` checkpoint."""
-    from diffdass.utils.checkpoint import read_meta
+MOMENT_IMAGES = 64  # target images for the eps moments of the analytic variance
+MOMENT_TIMESTEPS = 50  # evenly spaced timesteps they are estimated at (interpolated between)
 
+
+def ddpm_moments(meta: dict) -> EpsMoments | None:
+    """The eps moments stored in a DDPM checkpoint's meta (None for checkpoints without)."""
+    d = meta.get("eps_moments")
+    return EpsMoments.from_dict(d) if d else None
+
+
+def estimate_moments(unet, dataset, schedule: DDPMSchedule, device, seed: int) -> EpsMoments:
+    """Noise-prediction error of ``unet`` on up to MOMENT_IMAGES images of ``dataset``."""
+    n = min(MOMENT_IMAGES, len(dataset))
+    x = torch.stack([dataset[i]["image"] for i in range(n)]).to(device)
+    g = torch.Generator().manual_seed(derive_seed(seed, 77))
+    eps_fn = as_eps_fn(unet)
+    batches = [x[i : i + 16] for i in range(0, n, 16)]
+    return estimate_eps_moments(eps_fn, schedule, batches, MOMENT_TIMESTEPS, g)
+
+
+def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
+    """(UNet with EMA weights, meta) from a ``train-ddpm`` checkpoint.
+
+    ``meta["eps_moments"]`` (when present) holds the moments of the analytic reverse variance;
+    :func:`ddpm_moments` turns it into an :class:`EpsMoments`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: DDPM checkpoint not found")
@@ -93,14 +116,36 @@ def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
 
 
 @torch.no_grad()
-def sample_grid(
-    unet, schedule: DDPMSchedule, n: int, size, steps: int, seed: int, device
-) -> np.ndarray:
-    """``n`` unconditional samples (respaced to ``steps``) tiled into one uint8 image."""
+def sample_images(
+    unet,
+    schedule: DDPMSchedule,
+    n: int,
+    size,
+    steps: int,
+    seed: int,
+    device,
+    moments: EpsMoments,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """``n`` unconditional samples in [-1, 1], ``steps`` respaced ancestral steps with the
+    analytic variance and x_0 clipping (the translation sampler, started from pure noise)."""
     sched = schedule.respace(min(steps, schedule.num_timesteps))
+    opts = SamplerOptions(variance="analytic", clip_x0=True, moments=moments)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, 3, *size), generator=g).to(device)
-    x = reverse(x, sched.num_timesteps, as_eps_fn(unet), sched, generator=g)
+    out = []
+    for s in range(0, n, batch_size):
+        x = torch.randn((min(batch_size, n - s), 3, *size), generator=g).to(device)
+        x = reverse(x, sched.num_timesteps, as_eps_fn(unet), sched, generator=g, options=opts)
+        out.append(x.float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def sample_grid(
+    unet, schedule: DDPMSchedule, n: int, size, steps: int, seed: int, device, moments: EpsMoments
+) -> np.ndarray:
+    """``n`` unconditional samples (see :func:`sample_images`) tiled into one uint8 image."""
+    x = sample_images(unet, schedule, n, size, steps, seed, device, moments)
     imgs = [tensor_to_image(xi) for xi in x]
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -121,6 +166,8 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
+        if read_meta(final).get("eps_moments") is None:  # a checkpoint of an older version
+            _add_moments(cfg, final, run)
         run.logger.info("already trained: %s", final)
         return done
     device = resolve_device(cfg.device)
@@ -136,6 +183,9 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     # the resolution translation runs at and preview grids are drawn at
     full = FolderDataset(cfg.target.root, cfg.target.split, labels="none")
     size = tuple(cfg.resize) if cfg.resize else tuple(full[0]["image"].shape[-2:])
+    full_sized = FolderDataset(
+        cfg.target.root, cfg.target.split, labels="none", transform=Resize(*size)
+    )
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, sample_size=size).to(device)
     ema = EMA(unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
@@ -203,14 +253,17 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         bar.update(1)
         step = it + 1
         if step % cfg.sample_every == 0 or step == cfg.iterations:
+            ema_model = ema.module_copy(unet).eval()
+            moments = estimate_moments(ema_model, full_sized, schedule, device, cfg.seed)
             grid = sample_grid(
-                ema.module_copy(unet).eval(),
+                ema_model,
                 schedule,
                 cfg.n_samples,
                 size,
                 cfg.sample_steps,
                 cfg.seed,
                 device,
+                moments,
             )
             save_image(run.path / "samples" / f"samples_{step:07d}.png", grid)
         if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
@@ -218,8 +271,12 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
             run.logger.info("iteration %d loss %.4f %.1f img/s", step, loss.item(), ips)
     bar.close()
     save(last, cfg.iterations)
+    moments = estimate_moments(ema.module_copy(unet).eval(), full_sized, schedule, device, cfg.seed)
     save_checkpoint(
-        final, {"ema": ema.shadow_state_dict()}, None, meta | {"iteration": cfg.iterations}
+        final,
+        {"ema": ema.shadow_state_dict()},
+        None,
+        meta | {"iteration": cfg.iterations, "eps_moments": moments.to_dict()},
     )
     k = max(1, len(losses) // 10)
     metrics = {
@@ -235,3 +292,15 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     }
     run.write_metrics(metrics)
     return metrics
+
+
+def _add_moments(cfg: TrainDDPMConfig, final: Path, run) -> None:
+    """Estimate the eps moments of a finished checkpoint that lacks them; rewrite it atomically."""
+    device = resolve_device(cfg.device)
+    unet, meta = load_ddpm(final, device)
+    size = tuple(meta["sample_size"])
+    ds = FolderDataset(cfg.target.root, cfg.target.split, labels="none", transform=Resize(*size))
+    schedule = DDPMSchedule(num_timesteps=int(meta.get("num_timesteps", 1000)))
+    moments = estimate_moments(unet, ds, schedule, device, cfg.seed)
+    save_checkpoint(final, {"ema": unet}, None, meta | {"eps_moments": moments.to_dict()})
+    run.logger.info("added eps moments (analytic reverse variance) to %s", final)
