@@ -1,5 +1,6 @@
-"""``diffdass ablate``: the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5 sweeps)
-over several seeds, as a markdown table of mean and spread.
+"""``diffdass ablate``: the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5 sweeps) and
+the toolkit's own options (group ``options``) over several seeds, as a markdown table of mean
+and spread, with the AdaBN baseline of every seed.
 
 Per seed, the shared stages (benchmark, source-only g_0, target DDPM, oracle) run once in
 ``OUT/seed<s>/base``; each row then runs PTL (and, where the row changes it, its own g_0)
@@ -71,7 +72,28 @@ ROWS: dict[str, list[Row]] = {
         ),
         Row("appendix_c", "(b) with augmentation", "61.9", {}),
     ],
+    # beyond the paper: the toolkit's options, each against the full method (same seed)
+    "options": [
+        Row(
+            "options",
+            "paper sampler (fixed_large, no x0 clipping)",
+            "",
+            {"sampler.variance": "fixed_large", "sampler.clip_x0": False},
+        ),
+        Row("options", "paper LCG weighting (per-region mean)", "", {"guidance.reduction": "mean"}),
+        Row("options", "guidance on predicted x0", "", {"guidance.input": "x0"}),
+        Row(
+            "options",
+            "guidance on predicted x0 through the UNet",
+            "",
+            {"guidance.input": "x0_unet"},
+        ),
+        Row("options", "guidance only at t < 100", "", {"guidance.max_t": 99}),
+        Row("options", "BatchNorm: one joint forward", "", {"bn": "joint"}),
+        Row("options", "BatchNorm: frozen", "", {"bn": "frozen"}),
+    ],
 }
+ADABN = "AdaBN (g_0 with target BN statistics)"
 
 
 def sweep_rows(kind: str, values: list[float]) -> list[Row]:
@@ -190,6 +212,8 @@ def run_ablation(
         base = _fill(base)
         res = results.setdefault(str(seed), {})
         res["source-only g_0"] = summary["miou"]["source_only"]
+        if "adabn" in summary["miou"]:
+            res[ADABN] = summary["miou"]["adabn"]
         if "oracle" in summary["miou"]:
             res["target oracle"] = summary["miou"]["oracle"]
         # rows whose training is identical (the full method appears in Tables 2, 3, 5 and
@@ -241,7 +265,9 @@ def table_rows(results: dict, rows: list[Row]) -> list[Row]:
         if f"{r.group}: {r.name}" not in labels:
             out.append(r)
             labels.add(f"{r.group}: {r.name}")
-    for lab in sorted(present - labels - {"source-only g_0", "target oracle"}, key=_sweep_key):
+    for lab in sorted(
+        present - labels - {"source-only g_0", "target oracle", ADABN}, key=_sweep_key
+    ):
         group, _, name = lab.partition(": ")
         out.append(Row(group, name, ""))  # sweeps of earlier calls
     return out
@@ -252,7 +278,7 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
     paired difference to the full method (same seed) as mean +- std over the seeds that
     have both; the paper's G->C number for orientation."""
     seeds = sorted(results, key=int)
-    labels = ["source-only g_0", "target oracle"] + [f"{r.group}: {r.name}" for r in rows]
+    labels = ["source-only g_0", ADABN, "target oracle"] + [f"{r.group}: {r.name}" for r in rows]
     paper = {f"{r.group}: {r.name}": r.paper for r in rows} | {"source-only g_0": "37.3"}
     lines = [
         f"| row | target mIoU{key} mean | std | n seeds | per seed | minus full (paired) "

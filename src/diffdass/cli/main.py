@@ -407,7 +407,8 @@ def ablate(
     rows: Annotated[
         str,
         typer.Option(
-            help="Comma list of groups: table2, table3, table5, appendix_c, sweep_n, sweep_lambda."
+            help="Comma list of groups: table2, table3, table5, appendix_c, options (the"
+            " toolkit's sampler, guidance and BatchNorm options), sweep_n, sweep_lambda."
         ),
     ] = "table2,table3,table5,appendix_c",
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",

@@ -150,6 +150,7 @@ def write_report(out: str | Path) -> Path:
     ev0 = _read(out / "source_only" / "eval" / "metrics.json")
     evN = _read(out / "ptl" / "eval" / "metrics.json")
     evO = _read(out / "oracle" / "eval" / "metrics.json")
+    evA = _read(out / "adabn" / "eval" / "metrics.json")
     ptl = _read(out / "ptl" / "metrics.json") or {}
     domains = _read(out / "ptl" / "domains.json") or []
     if ev0 is None or evN is None:
@@ -165,7 +166,10 @@ def write_report(out: str | Path) -> Path:
         f"<p>Output directory: <code>{html.escape(str(out))}</code>. All numbers are for the "
         "<b>last</b> checkpoint of each stage (no model selection on target val).</p>",
     ]
-    rows = [["source-only g_0", ev0["miou"][key]], ["PTL g_N", evN["miou"][key]]]
+    rows = [["source-only g_0", ev0["miou"][key]]]
+    if evA:
+        rows.append(["AdaBN: g_0 with target BatchNorm statistics (no training)", evA["miou"][key]])
+    rows.append(["PTL g_N", evN["miou"][key]])
     if evO:
         rows.append(["target oracle (uses target labels)", evO["miou"][key]])
     parts += [f"<h2>Target mIoU{html.escape(key)}</h2>", _table(["model", f"mIoU{key} (%)"], rows)]
