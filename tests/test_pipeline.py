@@ -24,7 +24,7 @@ TINY = {
     "benchmark.n_target_val": 4,
     "oracle": {"root": "", "split": "train_oracle"},
     "evaluation.save_predictions": 2,
-    "source_only.model.arch": "fcn8s_tiny",
+    "source_only.model.arch": "deeplabv2_tiny",
     "source_only.optim.lr": 0.01,
     "source_only.aug.crop": [32, 64],
     "source_only.iterations": 3,
@@ -50,6 +50,7 @@ TINY = {
     "ptl.noisy_masked.max_timestep": 20,
     "ptl.eval_every": 1,
     "ptl.strip_images": 1,
+    "stage_metrics.images": 4,
     "device": "cpu",
 }
 
@@ -70,7 +71,7 @@ def pipeline_run(tmp_path_factory):
 
 def test_pipeline_end_to_end(pipeline_run):
     out, summary = pipeline_run
-    assert set(summary["miou"]) == {"source_only", "ptl", "oracle"}
+    assert set(summary["miou"]) == {"source_only", "adabn", "ptl", "oracle"}
     for f in (
         "summary.json",
         "report.html",
@@ -83,8 +84,15 @@ def test_pipeline_end_to_end(pipeline_run):
         "report/per_class_iou.png",
         "report/strips.png",
         "report/miou_along_n.png",
+        "adabn/checkpoints/final.safetensors",
+        "stage_metrics/stage_metrics.json",
+        "stage_metrics/translations.png",
     ):
         assert (out / f).is_file(), f
+    sm = summary["stage_metrics"]
+    assert [r["n"] for r in sm["along_n"]] == [7, 13, 20]
+    assert sm["floor_target_train"] > 0 and sm["ceiling_source"] > 0
+    assert all(0 <= r["guided_consistency"] <= 100 for r in sm["along_n"])
     domains = json.loads((out / "ptl" / "domains.json").read_text())
     assert [d["n"] for d in domains] == [7, 13, 20]
     assert all(d["reverse_steps"] == 2 for d in domains)
@@ -99,6 +107,7 @@ def test_report_contains_metrics(pipeline_run):
     assert f"{ev0['miou']['19']:.1f}" in html
     assert f"{evN['miou']['19']:.1f}" in html
     assert f"{summary['miou']['oracle']:.1f}" in html
+    assert f"{summary['miou']['adabn']:.1f}" in html and "Each stage against the target" in html
     # per-class numbers are in the table
     cls, val = next((c, v) for c, v in evN["per_class_iou"].items() if v is not None)
     assert re.search(rf"<td>{re.escape(cls)}</td>", html)

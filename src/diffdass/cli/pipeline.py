@@ -14,6 +14,7 @@ from pathlib import Path
 
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
+from diffdass.adaptation.stage_metrics import StageMetricsSpec, measure_stages
 from diffdass.data.folder import DomainSpec, FolderDataset
 from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
 from diffdass.utils.config import ConfigError, validate_tree
@@ -58,6 +59,7 @@ class PipelineConfig:
     source_only: TrainSegConfig = field(default_factory=TrainSegConfig)
     ddpm: TrainDDPMConfig = field(default_factory=TrainDDPMConfig)
     ptl: PTLConfig = field(default_factory=PTLConfig)
+    stage_metrics: StageMetricsSpec = field(default_factory=StageMetricsSpec)
 
 
 def _fill(cfg: PipelineConfig) -> PipelineConfig:
@@ -217,6 +219,9 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
     resN = stage(
         "eval_ptl", lambda: evaluate_checkpoint(gN, cfg.val, ev, out / "ptl" / "eval", dev)
     )
+    stage_res = None
+    if cfg.stage_metrics.enabled:
+        stage_res = stage("stage_metrics", lambda: _stage_metrics(cfg, out, g0))
     main_set = next(iter(resN["miou"]))
     summary = {
         "class_set": main_set,
@@ -234,12 +239,51 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
         "checkpoint_kind": "last",
         "seconds": times,
         "table4": _table4(times, res0, resN),
+        **({"stage_metrics": stage_res} if stage_res else {}),
     }
     write_json(summary_path, summary)
     stage("report", lambda: _report(out, summary))
     summary["seconds"] = times
     write_json(summary_path, summary)
     return summary
+
+
+def _stage_metrics(cfg: PipelineConfig, out: Path, g0: Path) -> dict:
+    """DDPM samples and translations along the PTL depths, scored against target val
+    (cached in ``out/stage_metrics``; recomputed when the DDPM or g_0 changed)."""
+    from diffdass.utils.device import resolve_device
+
+    dst = out / "stage_metrics"
+    ddpm = Path(cfg.ptl.ddpm)
+    res_path = dst / "stage_metrics.json"
+    newest = max(ddpm.stat().st_mtime, g0.stat().st_mtime)
+    if res_path.is_file() and res_path.stat().st_mtime >= newest:
+        return read_json(res_path)
+    oracle = out / "oracle" / "checkpoints" / "final.safetensors"
+    sm = cfg.stage_metrics
+    return measure_stages(
+        source=(cfg.source.root, cfg.source.split),
+        target_train=(cfg.target.root, cfg.target.split),
+        val=(cfg.val.root, cfg.val.split),
+        ddpm=ddpm,
+        g0=g0,
+        oracle=oracle if cfg.oracle is not None and oracle.is_file() else None,
+        levels=sm.levels or _spread(cfg.ptl.levels(), 4),
+        respace_steps=cfg.ptl.reverse_steps if cfg.ptl.domains == "spread" else None,
+        guidance=cfg.ptl.guidance,
+        sampler=cfg.ptl.sampler,
+        out=dst,
+        images=sm.images,
+        guided=sm.guided,
+        seed=cfg.seed,
+        device=resolve_device(cfg.device),
+    )
+
+
+def _spread(levels: list[int], k: int) -> list[int]:
+    """Up to ``k`` of ``levels``, evenly spread, the last one included."""
+    idx = {round(i * (len(levels) - 1) / max(k - 1, 1)) for i in range(k)}
+    return [levels[i] for i in sorted(idx)]
 
 
 def _table4(times: dict[str, float], res0: dict, resN: dict) -> dict:

@@ -143,6 +143,53 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
+def _stage_section(sm: dict, picture: Path) -> list[str]:
+    """Every stage measured: distance to target val (and label consistency) along n."""
+    rows = [
+        ["target train (floor)", _fmt(sm["floor_target_train"]), ""],
+        [
+            "source, untranslated (ceiling)",
+            _fmt(sm["ceiling_source"]),
+            _fmt(sm.get("source_consistency")),
+        ],
+        ["DDPM unconditional samples", _fmt(sm["ddpm_samples"]), ""],
+    ]
+    for r in sm["along_n"]:
+        rows.append(
+            [
+                f"phi^{r['n']} unguided",
+                _fmt(r["baseline_distance"]),
+                _fmt(r.get("baseline_consistency")),
+            ]
+        )
+        if "guided_distance" in r:
+            rows.append(
+                [
+                    f"phi^{r['n']} guided by g_0",
+                    _fmt(r["guided_distance"]),
+                    _fmt(r.get("guided_consistency")),
+                ]
+            )
+    parts = [
+        "<h2>Each stage against the target</h2>",
+        f"<p>Distance: {html.escape(sm['distance'])}, over {sm['images']} images; lower is closer "
+        "to the target. Label consistency: the target oracle's mIoU on the images against the "
+        "source labels (higher = the label's semantics were kept).</p>",
+        _table(["images", "distance to target val", "label consistency (%)"], rows),
+    ]
+    if picture.is_file():
+        parts += [
+            "<p>Rows: a source image, its unguided translations at increasing n, the guided "
+            "translation at the last n, a target image, a DDPM sample.</p>",
+            _img_tag(picture.read_bytes(), "translations"),
+        ]
+    return parts
+
+
 def write_report(out: str | Path) -> Path:
     """Write ``out/report.html`` and ``out/report/*.png`` from a pipeline directory."""
     out = Path(out)
@@ -194,6 +241,9 @@ def write_report(out: str | Path) -> Path:
         _img_tag(png, "per-class IoU"),
         _table(["class", *series], prow),
     ]
+    sm = _read(out / "stage_metrics" / "stage_metrics.json")
+    if sm:
+        parts += _stage_section(sm, out / "stage_metrics" / "translations.png")
     curve = _miou_along_n(domains, ev0["miou"].get(key), key)
     if curve:
         (png_dir / "miou_along_n.png").write_bytes(curve)
