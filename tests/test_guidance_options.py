@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
-from test_diffusion import IGN, NCLS, ConvSeg, eps_fn, global_ce, make_labels, rand_x
 from torch import nn
 
 from diffdass.adaptation.adabn import adabn
 from diffdass.diffusion.guidance import GSG, LCG
 from diffdass.diffusion.sampler import SamplerOptions, reverse_step
 from diffdass.diffusion.schedule import DDPMSchedule
+from test_diffusion import IGN, NCLS, ConvSeg, eps_fn, global_ce, make_labels, rand_x
 
 SCHED = DDPMSchedule()
 
