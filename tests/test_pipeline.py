@@ -308,3 +308,42 @@ def test_option_rows_are_valid_and_distinct(tmp_path):
         validate_tree(ptl_cfg)
         sigs.add(training_signature(ptl_cfg, so))
     assert len(sigs) == len(ROWS["options"]) + 1
+
+
+def test_translation_reuse_translates_fewer_images_same_budget(pipeline_run, tmp_path):
+    pipe_out, _ = pipeline_run
+    cfg = _ptl_cfg(pipe_out, num_domains=1, translation_reuse=2)
+    assert cfg.translated_per_domain() == -(-cfg.iterations_per_domain * cfg.batch_size // 2)
+    run_ptl(cfg, tmp_path / "reuse", progress=False)
+    dom = json.loads((tmp_path / "reuse" / "domains.json").read_text())[0]
+    assert dom["translated_images"] == cfg.translated_per_domain()
+    assert PTLConfig(
+        n_max=4, iterations_per_domain=3, batch_size=2, translation_reuse=3
+    ).cost() == (2 * (1 + 2 + 3 + 4))
+
+
+def test_pool_order_uses_every_translation_equally():
+    from diffdass.adaptation.ptl import _pool_order
+
+    assert torch.equal(_pool_order(8, 8, 0), torch.arange(8))
+    o = _pool_order(5, 15, 1)
+    assert sorted(o.tolist()) == sorted(list(range(5)) * 3)
+    assert torch.equal(o, _pool_order(5, 15, 1)) and not torch.equal(o, _pool_order(5, 15, 2))
+
+
+def test_joint_batchnorm_mode_runs_one_forward(pipeline_run, tmp_path, monkeypatch):
+    pipe_out, _ = pipeline_run
+    sizes = []
+    orig = seg_training.SegTrainer.step
+
+    def spy(self, it, batches):
+        hook = self.model.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+        try:
+            return orig(self, it, batches)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(seg_training.SegTrainer, "step", spy)
+    cfg = _ptl_cfg(pipe_out, num_domains=1, bn="joint")
+    run_ptl(cfg, tmp_path / "joint", progress=False)
+    assert sizes and all(s == 2 * cfg.batch_size for s in sizes)

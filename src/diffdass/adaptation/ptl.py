@@ -72,6 +72,11 @@ class PTLConfig:
     iterations_per_domain: int = 300
     batch_size: int = 2
     loss_src: bool = True  # L_ft = L_ada + L_src (Eq. 12); False: L_ada only (Table 3)
+    # Each translated image serves this many fine-tuning samples of its domain (1: every
+    # sample translated afresh, the paper). r > 1 translates ceil(I*B/r) images per domain
+    # and draws the domain's batches from them in seeded random order (each used r times):
+    # r times less translation, the same fine-tuning budget.
+    translation_reuse: int = 1
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -100,6 +105,8 @@ class PTLConfig:
             raise ConfigError(f"bn must be separate|joint|frozen, got {self.bn!r}")
         if self.domains not in ("every", "spread"):
             raise ConfigError(f"domains must be 'every' or 'spread', got {self.domains!r}")
+        if self.translation_reuse < 1:
+            raise ConfigError("translation_reuse must be >= 1")
         if self.n_max < 1 or self.iterations_per_domain < 1 or self.batch_size < 1:
             raise ConfigError("n_max, iterations_per_domain and batch_size must be positive")
         if self.num_domains is not None and not 1 <= self.num_domains <= self.n_max:
@@ -120,9 +127,13 @@ class PTLConfig:
     def reverse_calls(self, n: int) -> int:
         return min(n, self.reverse_steps) if self.reverse_steps else n
 
+    def translated_per_domain(self) -> int:
+        """Source images translated per domain: ``ceil(I * B / translation_reuse)``."""
+        return -(-self.iterations_per_domain * self.batch_size // self.translation_reuse)
+
     def cost(self) -> int:
         """Reverse image-steps spent on translation over the whole run."""
-        per = self.iterations_per_domain * self.batch_size
+        per = self.translated_per_domain()
         return int(sum(per * self.reverse_calls(n) for n in self.levels()))
 
 
@@ -339,7 +350,7 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
     iters, bs = cfg.iterations_per_domain, cfg.batch_size
     first_it = k * iters
     sampler = StreamBatchSampler(len(ds), bs, cfg.seed, first_it, first_it + iters)
-    keys = [key for batch in sampler for key in batch]
+    keys = [key for batch in sampler for key in batch][: cfg.translated_per_domain()]
     stream = StreamDataset(ds)
     guide = copy.deepcopy(trainer.model).eval()
     for p in guide.parameters():
@@ -368,9 +379,10 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
     del guide
     t_tr = time.perf_counter() - t0
     xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
+    order = _pool_order(len(keys), iters * bs, _domain_seed(cfg.seed, k, 2))
     losses, parts = [], []
     for i in range(iters):
-        sl = slice(i * bs, (i + 1) * bs)
+        sl = order[i * bs : (i + 1) * bs]
         batches = [(xn[sl].float(), ys[sl])]
         if cfg.loss_src:
             batches.append((xs[sl].float(), ys[sl]))
@@ -389,6 +401,16 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
         "translate_seconds": t_tr,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _pool_order(pool: int, needed: int, seed: int) -> torch.Tensor:
+    """Indices into a pool of ``pool`` translations for ``needed`` samples: ``0..needed-1`` when
+    the pool holds them all, else seeded permutations of the pool, concatenated."""
+    if pool >= needed:
+        return torch.arange(needed)
+    g = torch.Generator().manual_seed(seed)
+    reps = -(-needed // pool)
+    return torch.cat([torch.randperm(pool, generator=g) for _ in range(reps)])[:needed]
 
 
 def _save_strip(
