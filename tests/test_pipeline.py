@@ -347,3 +347,14 @@ def test_joint_batchnorm_mode_runs_one_forward(pipeline_run, tmp_path, monkeypat
     cfg = _ptl_cfg(pipe_out, num_domains=1, bn="joint")
     run_ptl(cfg, tmp_path / "joint", progress=False)
     assert sizes and all(s == 2 * cfg.batch_size for s in sizes)
+
+
+def test_run_prints_what_it_demonstrates(pipeline_run):
+    from diffdass.cli.main import summary_lines
+
+    _, summary = pipeline_run
+    text = "\n".join(summary_lines(summary))
+    for needle in ("source-only g_0", "AdaBN baseline", "g_N after PTL", "oracle", "closes"):
+        assert needle in text, needle
+    assert f"{summary['miou']['adabn']:5.1f}" in text
+    assert "patch SWD" in text
