@@ -100,7 +100,10 @@ def test_shipped_configs_load_and_validate():
     files = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
     paper = [f for f in files if "_cityscapes_" in f.name]
     assert len(paper) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
-    assert [f.name for f in files if f not in paper] == ["custom_small.yaml"]
+    assert [f.name for f in files if f not in paper] == [
+        "benchmark_study.yaml",
+        "custom_small.yaml",
+    ]
     for f in [*files, DEFAULT_CONFIG]:
         cfg = _fill(load_config(PipelineConfig, f, validate=False))
         if f in paper:

@@ -33,6 +33,7 @@ STRIDES = {
     "fcn8s_tiny": 1,
     "segformer_b5": 4,
     "segformer_tiny": 4,
+    "unet_small": 1,
 }
 BIG = ("deeplabv2_r101", "fcn8s_vgg16", "segformer_b5")
 TINY = ("deeplabv2_tiny", "fcn8s_tiny", "segformer_tiny")
@@ -471,3 +472,84 @@ def test_ema_checkpoint_layout_and_module_copy(models) -> None:
             other.load_state_dict({"shadow": {"nope": torch.zeros(1)}, "step": 0})
     finally:  # the fixture model is shared: restore it
         model.load_state_dict(before)
+
+
+# ------------------------------------------------------------------ unet_small
+@pytest.mark.parametrize("hw", [(64, 128), (40, 56), (50, 77), (9, 13)])
+def test_unet_small_full_resolution_logits(models, hw: tuple[int, int]) -> None:
+    model = models["unet_small"]
+    x = _images(2, *hw)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, NUM_CLASSES, *hw)
+    assert torch.isfinite(y).all()
+    assert model.output_stride == 1 and model.predict(x).shape == y.shape
+
+
+def test_unet_small_pads_by_replication_and_crops(models) -> None:
+    """A 45x61 input is replicate-padded to 48x64 (bottom/right) and the logits cropped back."""
+    model = models["unet_small"]
+    x = _images(1, 45, 61)
+    with torch.no_grad():
+        got = model(x)
+        padded = model(F.pad(x, (0, 3, 0, 3), mode="replicate"))
+    assert got.shape[-2:] == (45, 61) and padded.shape[-2:] == (48, 64)
+    torch.testing.assert_close(got, padded[..., :45, :61])
+
+
+def test_unet_small_is_differentiable_wrt_input_in_eval_mode(models) -> None:
+    model = models["unet_small"]
+    assert not model.training
+    x = _images(1, 40, 56).requires_grad_(True)
+    model.predict(x).logsumexp(dim=1).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # the gradient is local: a pixel's logits depend on its neighbourhood only
+    x2 = _images(1, 64, 64).requires_grad_(True)
+    model(x2)[0, :, 5, 5].sum().backward()
+    assert x2.grad[..., 5, 5].abs().sum() > 0 and x2.grad[..., 60:, 60:].abs().sum() == 0
+
+
+def test_unet_small_size_and_layout() -> None:
+    model = build_segmenter("unet_small", 19)
+    n = sum(p.numel() for p in model.parameters())
+    assert 300_000 <= n <= 600_000, n
+    assert model.arch == "unet_small" and model.num_classes == 19
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bn) == 14  # 4 encoder + 3 decoder blocks of two conv-BN-ReLU layers
+    # a batch of one trains too (BatchNorm sees 4x8 positions at the bottleneck)
+    model.train()
+    model(_images(1, 32, 64)).mean().backward()
+
+
+def test_unet_small_has_no_imagenet_weights_but_loads_local_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unet_small has no ImageNet weights.*random init"):
+        build_segmenter("unet_small", 19, pretrained=True)
+    torch.manual_seed(5)
+    src = build_segmenter("unet_small", NUM_CLASSES)
+    with torch.no_grad():
+        for buf in src.buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5)
+    torch.save(src.state_dict(), tmp_path / "full.pth")
+    save_tensors(tmp_path / "encoder.safetensors", src.backbone.state_dict())
+    full = build_segmenter("unet_small", NUM_CLASSES, pretrained=tmp_path / "full.pth")
+    _assert_same(src.state_dict(), full.state_dict())
+    enc = build_segmenter("unet_small", NUM_CLASSES, pretrained=tmp_path / "encoder.safetensors")
+    _assert_same(src.backbone.state_dict(), enc.backbone.state_dict())
+    assert enc.pretrained_report.missing == []
+    # another class count: everything but the classifier loads
+    other = build_segmenter("unet_small", 3, pretrained=tmp_path / "full.pth")
+    assert sorted(other.pretrained_report.mismatched)[0].startswith("head.classifier.bias")
+    assert len(other.pretrained_report.mismatched) == 2
+
+
+def test_models_command_lists_unet_small() -> None:
+    from typer.testing import CliRunner
+
+    from diffdass.cli.main import app
+
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if "unet_small" in ln)
+    assert "random init" in line

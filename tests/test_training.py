@@ -184,3 +184,124 @@ def test_checkpoint_optimizer_roundtrip(tmp_path):
     assert math.isclose(opt2.param_groups[0]["momentum"], 0.9)
     with pytest.raises(ValueError, match="no weights for 'ema'"):
         load_checkpoint(tmp_path / "c.safetensors", {"ema": m2})
+
+
+# ------------------------------------------------------------- optimiser choice
+def _kill_at_9_and_resume(cfg, part):
+    """Run ``cfg`` into ``part``, kill it at iteration 9 (last checkpoint: 8), resume it."""
+    from diffdass.adaptation import seg_training
+
+    orig = seg_training.SegTrainer.step
+
+    def step_then_die(self, it, batches):
+        if it == 9:
+            raise KeyboardInterrupt
+        return orig(self, it, batches)
+
+    seg_training.SegTrainer.step = step_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_segmenter(cfg, part, progress=False)
+    finally:
+        seg_training.SegTrainer.step = orig
+    assert not (part / "checkpoints" / "final.safetensors").exists()
+    train_segmenter(cfg, part, progress=False)
+    assert "resuming from iteration 8" in (part / "run.log").read_text()
+
+
+def test_optim_name_adamw_builds_adamw_with_head_lr_mult():
+    from diffdass.adaptation.config import OptimConfig
+    from diffdass.adaptation.seg_training import SegTrainer
+    from diffdass.models import build_segmenter
+
+    model = build_segmenter("unet_small", 3)
+    cfg = OptimConfig(name="adamw", lr=1e-3, head_lr_mult=4.0, weight_decay=0.01, momentum=0.5)
+    tr = SegTrainer(model, cfg, 100, torch.device("cpu"), amp=False)
+    opt = tr.optimizer
+    assert type(opt) is torch.optim.AdamW
+    backbone, head = opt.param_groups
+    assert (backbone["name"], head["name"]) == ("backbone", "head")
+    assert tuple(backbone["betas"]) == (0.9, 0.999) and backbone["weight_decay"] == 0.01
+    assert backbone.get("decoupled_weight_decay", True)  # AdamW, not Adam + L2
+    assert "momentum" not in backbone  # momentum is SGD's
+    assert tr._set_lr(10) == pytest.approx(1e-3 * 0.9**0.9)
+    assert backbone["lr"] == pytest.approx(1e-3 * 0.9**0.9)
+    assert head["lr"] == pytest.approx(4e-3 * 0.9**0.9)
+    # the default stays the paper's SGD
+    sgd = SegTrainer(model, OptimConfig(), 100, torch.device("cpu"), amp=False).optimizer
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["momentum"] == 0.9
+    assert sgd.param_groups[1]["lr"] == pytest.approx(2.5e-3)
+
+
+def test_unknown_optimizer_is_rejected(tmp_path):
+    from diffdass.adaptation.config import OptimConfig
+    from diffdass.adaptation.seg_training import SegTrainer
+    from diffdass.models import build_segmenter
+
+    with pytest.raises(ConfigError, match="optim.name.*'adam'.*sgd, adamw"):
+        _cfg(tmp_path, **{"optim.name": "adam"})
+    with pytest.raises(ConfigError, match="optim.name"):
+        model = build_segmenter("unet_small", 3)
+        SegTrainer(model, OptimConfig(name="rmsprop"), 10, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="optim.warmup"):
+        _cfg(tmp_path, **{"optim.warmup": -1})
+
+
+def test_warmup_then_poly_schedule():
+    from diffdass.adaptation.config import OptimConfig
+    from diffdass.adaptation.seg_training import SegTrainer
+    from diffdass.models import build_segmenter
+
+    cfg = OptimConfig(name="adamw", lr=1e-3, poly_power=1.0, warmup=4)
+    tr = SegTrainer(build_segmenter("unet_small", 3), cfg, 100, torch.device("cpu"))
+    assert tr.lr_at(0) == pytest.approx(1e-3 * 0.25)
+    assert tr.lr_at(3) == pytest.approx(1e-3 * 0.97)
+    assert tr.lr_at(4) == pytest.approx(1e-3 * 0.96)
+    assert tr.lr_at(100) == 0.0
+
+
+def test_adamw_training_lowers_the_loss():
+    from diffdass.adaptation.config import OptimConfig
+    from diffdass.adaptation.seg_training import SegTrainer
+    from diffdass.models.unet_seg import unet_small
+
+    torch.manual_seed(0)
+    # class 1: thin vertical bars (1-2 px) on class 0; class 2: a small square
+    x = torch.full((4, 3, 32, 32), -0.5)
+    y = torch.zeros(4, 32, 32, dtype=torch.long)
+    for i in range(4):
+        y[i, :, 3 + 7 * i : 4 + 7 * i + i % 2] = 1
+        y[i, 20 + i : 25 + i, 5 : 10 + i] = 2
+    x[:, 0][y == 1] = 0.8
+    x[:, 2][y == 2] = 0.8
+    x = x + 0.1 * torch.randn_like(x)
+    model = unet_small(3, base_width=8)  # narrow: fast on 2 CPU cores
+    cfg = OptimConfig(name="adamw", lr=1e-2, head_lr_mult=1.0, weight_decay=0.0)
+    tr = SegTrainer(model, cfg, 20, torch.device("cpu"), amp=False)
+    losses = [tr.step(it, [(x, y)])["loss"] for it in range(20)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    assert (pred[y == 1] == 1).float().mean() > 0.8  # the thin bars are segmented
+
+
+def test_resume_equals_uninterrupted_adamw(tmp_path):
+    root = write_folder_dataset(tmp_path / "ds", n=10)
+    over = {
+        "model.arch": "unet_small",
+        "optim.name": "adamw",
+        "optim.lr": 1e-3,
+        "optim.warmup": 3,
+        "optim.weight_decay": 0.01,
+    }
+    train_segmenter(_cfg(root, **over), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    _kill_at_9_and_resume(_cfg(root, **over), part)
+    ck = load_tensors(part / "checkpoints" / "last.safetensors")
+    assert any(k.endswith(".exp_avg_sq") for k in ck)  # AdamW state is checkpointed
+    a = load_tensors(tmp_path / "full" / "checkpoints" / "final.safetensors")
+    b = load_tensors(part / "checkpoints" / "final.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -8,6 +8,7 @@ Architectures (Peng et al., ICCV 2023, Table 1: "Res", "Vgg", "Seg"; ``*_tiny`` 
     fcn8s_tiny      same code on a narrow 5-stage VGG; output stride 1
     segformer_b5    SegFormer MiT-B5 encoder + DAFormer fusion head; output stride 4
     segformer_tiny  MiT-B0 encoder + DAFormer head of width 64; output stride 4
+    unet_small      small U-Net (0.48M parameters) for CPU scale from random init; stride 1
 
 ``pretrained``:
 
@@ -15,7 +16,8 @@ Architectures (Peng et al., ICCV 2023, Table 1: "Res", "Vgg", "Seg"; ``*_tiny`` 
 * ``True`` -- ImageNet weights from the library (torchvision weight enums for ResNet-101 and
   VGG-16, segmentation-models-pytorch's ``imagenet`` weights for MiT-B5). When they cannot
   be obtained (e.g. no internet) a ``RuntimeError`` is raised -- the model is never
-  silently left randomly initialised. Tiny variants have no such weights (``ValueError``);
+  silently left randomly initialised. Tiny variants and ``unet_small`` have no such weights
+  (``ValueError``);
 * a path to a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file -- a backbone state dict with
   torchvision/timm-style keys (e.g. ``layer1.0.conv1.weight``), or a full diffdass model
   state dict (``backbone.*``/``head.*``; everything whose shape matches is loaded). Missing
@@ -44,6 +46,8 @@ class _ArchSpec:
     builder: str  # "module:function" inside diffdass.models
     torchvision_weights: str | None = None  # e.g. "ResNet101_Weights.IMAGENET1K_V1"
     smp_encoder: str | None = None  # e.g. "mit_b5"
+    # why there are no ImageNet weights (architectures with neither of the two above)
+    no_imagenet: str = "it is a small test architecture"
 
 
 _SPECS: dict[str, _ArchSpec] = {
@@ -74,6 +78,11 @@ _SPECS: dict[str, _ArchSpec] = {
         "MiT-B0 encoder + DAFormer head of width 64 for CPU tests, stride 4",
         "segformer:segformer_tiny",
     ),
+    "unet_small": _ArchSpec(
+        "U-Net 16-128 wide, 0.48M params, for CPU scale from random init (AdamW), stride 1",
+        "unet_seg:unet_small",
+        no_imagenet="it is designed to be trained from random initialisation",
+    ),
 }
 
 #: Names accepted by :func:`build_segmenter`.
@@ -100,8 +109,8 @@ def build_segmenter(
         pretrained: ``False``, ``True`` (library ImageNet weights) or a local weight file.
 
     Raises:
-        ValueError: unknown ``arch``; ``pretrained=True`` for a tiny variant; a local file
-            none of whose tensors matches the model.
+        ValueError: unknown ``arch``; ``pretrained=True`` for a tiny variant or ``unet_small``;
+            a local file none of whose tensors matches the model.
         RuntimeError: ImageNet weights requested but not obtainable (no internet, ...).
         FileNotFoundError: ``pretrained`` names a file that does not exist.
     """
@@ -195,8 +204,8 @@ def _imagenet_state_dict(arch: str, spec: _ArchSpec) -> tuple[dict[str, torch.Te
     if spec.smp_encoder is not None:
         return _smp_imagenet_state_dict(arch, spec.smp_encoder), f"smp:{spec.smp_encoder}.imagenet"
     raise ValueError(
-        f"{arch} has no ImageNet weights (it is a small test architecture); use "
-        "pretrained=False or pass a local weight file"
+        f"{arch} has no ImageNet weights ({spec.no_imagenet}); use "
+        "pretrained=False (pretrained: none) or pass a local weight file"
     )
 
 
