@@ -305,3 +305,22 @@ def test_resume_equals_uninterrupted_adamw(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_run_of_an_older_version_resumes_when_new_keys_keep_their_default(tmp_path):
+    """A config.yaml written before a key existed: the key at its default is no difference,
+    a non-default value of it is."""
+    import yaml
+
+    root = write_folder_dataset(tmp_path / "ds", n=4)
+    train_segmenter(_cfg(root, iterations=2), tmp_path / "r", progress=False)
+    cfg_path = tmp_path / "r" / "config.yaml"
+    old = yaml.safe_load(cfg_path.read_text())
+    del old["optim"]["name"], old["optim"]["warmup"]  # as written by an older version
+    cfg_path.write_text(yaml.safe_dump(old))
+    train_segmenter(_cfg(root, iterations=2), tmp_path / "r", progress=False)
+    cfg_path.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="optim.name"):
+        train_segmenter(
+            _cfg(root, iterations=2, **{"optim.name": "adamw"}), tmp_path / "r", progress=False
+        )

@@ -108,7 +108,10 @@ def train_seg(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (paper: 2).")] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Base SGD learning rate (paper: 2.5e-4).")
+        float | None,
+        typer.Option(
+            help="Base learning rate (paper, SGD: 2.5e-4; `--set optim.name=adamw` for AdamW)."
+        ),
     ] = None,
     noisy_masked: Annotated[
         float | None,
@@ -118,7 +121,7 @@ def train_seg(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
-    """Source-only training: SGD + poly decay, noisy-masked augmentation, resumable."""
+    """Source-only training: SGD or AdamW + poly decay, noisy-masked augmentation, resumable."""
     from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 
     cfg = build_config(

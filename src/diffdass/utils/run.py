@@ -72,7 +72,11 @@ class RunDir:
 
             old_d = yaml.safe_load(cfg_path.read_text()) or {}
             new_d = to_dict(config)
-            diff = _diff(old_d, new_d, ignore=resume_ignore)
+            try:  # keys a newer version added count as unchanged when they keep their default
+                defaults = to_dict(type(config)())
+            except TypeError:
+                defaults = {}
+            diff = _diff(old_d, new_d, ignore=resume_ignore, defaults=defaults)
             if diff:
                 raise ConfigError(
                     f"{self.path}: holds a run with a different config ({'; '.join(diff[:5])}); "
@@ -95,14 +99,17 @@ class RunDir:
         return read_json(self.metrics_path) if self.metrics_path.is_file() else None
 
 
-def _diff(old, new, ignore=(), prefix="") -> list[str]:
+def _diff(old, new, ignore=(), prefix="", defaults=None) -> list[str]:
     out = []
     if isinstance(old, dict) and isinstance(new, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         for k in sorted(set(old) | set(new)):
             key = f"{prefix}{k}"
             if key in ignore:
                 continue
-            out += _diff(old.get(k), new.get(k), ignore, key + ".")
+            if k not in old and k in defaults and new.get(k) == defaults[k]:
+                continue  # a key added by a newer version, at its default
+            out += _diff(old.get(k), new.get(k), ignore, key + ".", defaults.get(k))
         return out
     if old != new:
         out.append(f"{prefix.rstrip('.')}: {old!r} -> {new!r}")
