@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from diffdass.utils.modules import eval_mode, output_logits
 
 __all__ = [
     "GSG",
@@ -88,28 +89,7 @@ class GuidanceFn(Protocol):
 def segmenter_logits(segmenter: nn.Module, x: Tensor) -> Tensor:
     """Logits of a segmenter that may return a tensor, a tuple/list (first item), a dict
     (``"out"`` or its first value) or an object with ``.logits``."""
-    out: Any = segmenter(x)
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, dict):
-        return out["out"] if "out" in out else next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    if hasattr(out, "logits"):
-        return out.logits
-    raise TypeError(f"cannot get logits from segmenter output of type {type(out)}")
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, restoring each one's own ``training`` flag after."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, was in flags:
-            m.training = was
+    return output_logits(segmenter(x))
 
 
 def _autocast(x: Tensor, amp_dtype: torch.dtype | None, force_fp32: bool = False):

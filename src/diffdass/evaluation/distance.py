@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +77,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from diffdass.data.folder import IMAGE_SUFFIXES, DataError, image_to_tensor, read_image
+from diffdass.utils.modules import eval_mode, output_logits
 from diffdass.utils.rng import derive_seed
 
 __all__ = [
@@ -449,31 +449,6 @@ def kid(
 
 
 # --------------------------------------------------------------------------- segmenter features
-def _logits(out: Any) -> Tensor:
-    """Logits from a segmenter output: a tensor, a tuple/list (first), a dict (``"out"`` or
-    its first value) or an object with ``.logits`` (same rule as the diffusion guidance)."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, dict):
-        return out["out"] if "out" in out else next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    if hasattr(out, "logits"):
-        return out.logits
-    raise TypeError(f"cannot get a tensor from a model output of type {type(out).__name__}")
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, was in flags:
-            m.training = was
-
-
 def _pool(t: Tensor) -> Tensor:
     """(B, C, *spatial) -> (B, C) mean over the spatial dims; (B, C) stays."""
     return t.float().flatten(2).mean(dim=2) if t.ndim > 2 else t.float().reshape(t.shape[0], -1)
@@ -516,13 +491,13 @@ def segmenter_features(
             if layer not in modules:
                 raise KeyError(f"no submodule named {layer!r}; see model.named_modules()")
             layer = modules[layer]
-        handle = layer.register_forward_hook(lambda _m, _i, o: hooked.append(_logits(o)))
+        handle = layer.register_forward_hook(lambda _m, _i, o: hooked.append(output_logits(o)))
     feats = []
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             for x in _batches(images, "segmenter_features images"):
                 hooked.clear()
-                logits = _logits(model(x.to(device)))
+                logits = output_logits(model(x.to(device)))
                 if layer is not None:
                     if not hooked:
                         raise RuntimeError("the chosen layer was not called in the forward pass")
