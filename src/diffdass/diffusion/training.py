@@ -78,8 +78,8 @@ class TrainDDPMConfig:
             raise ConfigError("adam_betas must be two numbers")
 
 
-MOMENT_IMAGES = 64  # target images for the eps moments of the analytic variance
-MOMENT_TIMESTEPS = 50  # evenly spaced timesteps they are estimated at (interpolated between)
+MOMENT_IMAGES = 16  # target images for the eps moments of the analytic variance
+MOMENT_TIMESTEPS = 25  # evenly spaced timesteps they are estimated at (interpolated between)
 
 
 def ddpm_moments(meta: dict) -> EpsMoments | None:
