@@ -365,32 +365,42 @@ def render_source(layout: Layout, rng: np.random.Generator) -> np.ndarray:
 
     obj(
         VEGETATION,
-        lambda m: 1.0
-        + 0.3 * sample(leaf, um[m] * 3 + ou[m], vm[m] * 3 + ov[m]) * fade(0.3, 1 / ppm[m])
-        - 0.45 * (sample(leaf, um[m] * 3 + ov[m], vm[m] * 3 + ou[m]) < -1.3),
+        lambda m: (
+            1.0
+            + 0.3 * sample(leaf, um[m] * 3 + ou[m], vm[m] * 3 + ov[m]) * fade(0.3, 1 / ppm[m])
+            - 0.45 * (sample(leaf, um[m] * 3 + ov[m], vm[m] * 3 + ou[m]) < -1.3)
+        ),
     )
     obj(
         WALL,
-        lambda m: 1.0
-        + 0.12 * sample(fbm, um[m] * 4 + ou[m], vm[m] * 4 + ov[m])
-        - 0.22
-        * np.maximum(stripes(vm[m], 0.4, 0.12), stripes(um[m], 0.8, 0.06))
-        * fade(0.08, 1 / ppm[m]),
+        lambda m: (
+            1.0
+            + 0.12 * sample(fbm, um[m] * 4 + ou[m], vm[m] * 4 + ov[m])
+            - 0.22
+            * np.maximum(stripes(vm[m], 0.4, 0.12), stripes(um[m], 0.8, 0.06))
+            * fade(0.08, 1 / ppm[m])
+        ),
     )
     obj(
         FENCE,
-        lambda m: 1.0
-        - 0.35 * stripes(um[m] + ou[m], uniform(rng, 0.18, 0.35), 0.35) * fade(0.1, 1 / ppm[m])
-        + 0.02 * sample(grain, um[m] * 20, vm[m] * 20 + ov[m]),
+        lambda m: (
+            1.0
+            - 0.35 * stripes(um[m] + ou[m], uniform(rng, 0.18, 0.35), 0.35) * fade(0.1, 1 / ppm[m])
+            + 0.02 * sample(grain, um[m] * 20, vm[m] * 20 + ov[m])
+        ),
     )
     for c in (PERSON, RIDER):  # fabric
         obj(c, lambda m: 1.0 + 0.04 * sample(grain, um[m] * 40 + ou[m], vm[m] * 40 + ov[m]))
     for c in (TRUCK, BUS, TRAIN):  # body panels
         obj(
             c,
-            lambda m: 1.0
-            - 0.18 * stripes(um[m] + ou[m], uniform(rng, 1.0, 2.5), 0.04) * fade(0.06, 1 / ppm[m])
-            + 0.04 * sample(fbm, um[m] * 2 + ou[m], vm[m] * 2),
+            lambda m: (
+                1.0
+                - 0.18
+                * stripes(um[m] + ou[m], uniform(rng, 1.0, 2.5), 0.04)
+                * fade(0.06, 1 / ppm[m])
+                + 0.04 * sample(fbm, um[m] * 2 + ou[m], vm[m] * 2)
+            ),
         )
     obj(POLE, lambda m: 0.78 + 0.45 * np.clip(1 - ((u_rel[m] - 0.35) * 2.2) ** 2, 0, 1))
 
@@ -487,9 +497,7 @@ def render_source(layout: Layout, rng: np.random.Generator) -> np.ndarray:
             drop |= _shift(casters, int(round(k * dys)), int(round(k * dxs)))
         lit[drop & ground & ~casters] = 0.0
     # ambient occlusion: the ground near objects, objects towards their contact
-    occ = cv2.GaussianBlur(
-        (~g_all & (label != SKY)).astype(np.float32), (0, 0), max(1.0, H / 40)
-    )
+    occ = cv2.GaussianBlur((~g_all & (label != SKY)).astype(np.float32), (0, 0), max(1.0, H / 40))
     ao = np.where(g_all, 1.0 - 0.35 * occ, 1.0 - 0.22 * np.clip(v_rel, 0, 1) ** 3)
     ao[label == BUILDING] = 1.0 - 0.12 * (v_rel[label == BUILDING] > 0.93)
     shade = (amb * amb_rgb[None, None] + (k_sun * lambert * lit)[..., None] * sun_rgb) * ao[
