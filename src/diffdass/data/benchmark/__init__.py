@@ -25,7 +25,9 @@ How it is made, one module per step (read them in this order):
 * :mod:`.layout` -- :func:`sample_layout`: one random camera + scene -> label map and
   instance/part map. Both domains draw their layouts here, so they share the label
   distribution and differ only in appearance.
-* :mod:`.source` -- :func:`render_source`, the "synthetic" look.
+* :mod:`.procedural` -- tileable noise and pattern primitives for the source's textures.
+* :mod:`.source` -- :func:`render_source`, the "synthetic" look of a game engine
+  (procedural materials, sun and ambient shading, hard shadows, no noise, no blur).
 * :mod:`.target` -- :func:`render_target`, the "real" look (photo textures bundled with
   scikit-image, lighting, blur, sensor noise).
 * :mod:`.writer` -- :func:`make_sample` (one image), :func:`generate_benchmark` (the folder
@@ -35,11 +37,12 @@ Determinism: image ``index`` of stream ``domain_id`` (0 source/train, 1 target/t
 2 target/val) draws its layout from ``np.random.default_rng([seed, domain_id, index, 0])``
 and its appearance from ``[seed, domain_id, index, 1]``, so any single image can be
 regenerated on its own and the output is byte-identical across runs, processes and worker
-counts. Bump :data:`GENERATOR_VERSION` whenever the output changes.
+counts. Bump :data:`GENERATOR_VERSION` whenever the output changes (version 3: the game-engine
+source renderer, calibrated against the target as described in ``docs/benchmark.md``).
 
-Cost: about 10-15 ms of CPU for a layout and 10 ms for a target rendering at 64x128
-(about 20 s of CPU for the default 900 images, spread over two spawned worker processes);
-at 256x512 about 0.2 s per image.
+Cost at 64x128 (median, one core): about 10 ms of CPU for a layout, 5 ms for a source
+rendering and 6 ms for a target rendering, plus PNG encoding (the default 900 images take
+about 13 s over two spawned worker processes); at 256x512 about 15 ms + 70 ms per image.
 
 Command line: ``python -m diffdass.data.benchmark ROOT [--height 256 --width 512]
 [--preview out.png]``.

@@ -5,27 +5,34 @@ here), and the image is as clean as a game frame: hard polygon edges, no blur, n
 noise, no vignetting. What a game engine does and this renderer imitates:
 
 * **Materials.** Every instance draws its base colour from several saturated-but-plausible
-  variants of its class (:data:`SOURCE_PALETTE`), jittered in brightness, saturation and
-  hue, so that colour alone does not give the class away (cars, clothes, buses, facades,
-  signs come in many colours, and the class palettes overlap). A procedural texture
-  (:mod:`.procedural`) modulates it: asphalt with grain and repair patches, paving tiles
-  with grout lines, a grass/soil mix, facades of brick courses, plaster or concrete panels
-  with floor cornices and a plinth, reflective windows, foliage noise with dark gaps, fence
-  slats, wall blocks, fabric, car paint with a clear-coat highlight, vehicle body panels.
-  Ground and facade textures are laid out in world metres through the camera (they recede
-  in perspective); other objects use their own pixel frame scaled by their apparent size.
-  Detail smaller than a pixel fades to its mean instead of aliasing.
-* **Lighting.** A sun with random azimuth and elevation and a bluish ambient term light
-  each surface by its orientation (the face codes of the layout's boxes; the ground faces
-  up; trees, people and rounded objects get a sphere-like normal over their extent);
-  ambient occlusion darkens the ground next to objects and objects towards their ground
-  contact; objects cast crisp drop shadows on the ground and a facade row casts a
-  hard-edged shadow across the street; lamps glow.
-* **Sky.** A saturated zenith-to-horizon gradient with stylised clouds.
+  variants of its class (:data:`SOURCE_PALETTE`) and jitters it in brightness, saturation
+  and hue. "Stuff" (road, sidewalk, building, ..., sky) keeps its class's hue family
+  (asphalt greys, warm facades, vivid greens) with a small jitter; "things" (people and
+  vehicles) come in many colours, so colour alone does not give the class away, and the
+  palettes of neighbouring classes overlap. A procedural texture (:mod:`.procedural`)
+  modulates the colour: asphalt with grain, stains and crisp repair patches, paving tiles
+  with grout lines and per-tile tone, a grass/soil mix, facades of brick courses, plaster,
+  concrete panels or stone blocks with floor cornices and a darker plinth, reflective
+  windows, foliage noise with dark gaps and trunks, fence slats, wall blocks, fabric, car
+  paint with a clear-coat highlight, vehicle body panels. Ground and facade textures are
+  laid out in world metres through the camera (they recede in perspective); other objects
+  use their own frame, scaled by their apparent size. Detail smaller than a pixel fades to
+  its mean instead of aliasing.
+* **Lighting.** Per image a weather (clear, hazy, overcast), a sun with random azimuth and
+  elevation and a bluish ambient term light each surface by its orientation (the face codes
+  of the layout's boxes; the ground faces up; trees, people and riders get a sphere-like
+  normal over their extent). Ambient occlusion darkens the ground next to objects and
+  objects towards their ground contact; in clear weather objects cast crisp drop shadows
+  on the ground and a facade row casts a hard-edged shadow across the street. Lamps, head
+  lights and traffic lights glow. A global tone-mapping factor (0.9-1.0) ends the frame.
+* **Sky.** A zenith-to-horizon gradient (saturated blue, milky haze or overcast grey) with
+  stylised clouds.
 
 The layout (label map, parts, camera) is the one the target renderer gets: only
 appearance differs between the domains. Changing anything here changes the source images:
-bump ``GENERATOR_VERSION`` in :mod:`.writer`.
+bump ``GENERATOR_VERSION`` in :mod:`.writer`. ``docs/benchmark.md`` has the calibration
+that fixed the constants (how far a segmenter trained on this look transfers to the
+target).
 """
 
 from __future__ import annotations
@@ -79,10 +86,18 @@ from .common import (
 from .layout import Layout
 from .procedural import fade, noise_tile, sample, smoothstep, stripes
 
-#: Base colours per class, several variants each (one is drawn per instance, then jittered):
-#: a saturated game look, distinct from both the label palette and the target's tints.
+#: Base colours per class (train id order), several variants each; one is drawn per instance,
+#: then jittered: a saturated game look, distinct from the label palette and the target's tints.
 SOURCE_PALETTE: tuple[tuple[tuple[int, int, int], ...], ...] = (
-    ((92, 92, 112), (80, 82, 100), (102, 96, 120), (96, 94, 92), (84, 84, 88), (110, 104, 98)),
+    (  # road
+        (92, 92, 112),
+        (80, 82, 100),
+        (102, 96, 120),
+        (96, 94, 92),
+        (84, 84, 88),
+        (110, 104, 98),
+    ),
+    # sidewalk
     ((214, 172, 204), (206, 184, 172), (200, 164, 188), (222, 198, 178), (190, 178, 196)),
     (  # building
         (214, 140, 92),
@@ -112,6 +127,7 @@ SOURCE_PALETTE: tuple[tuple[tuple[int, int, int], ...], ...] = (
         (122, 82, 52),
         (60, 170, 200),
     ),
+    # rider (clothes)
     ((240, 120, 20), (40, 62, 162), (52, 52, 58), (222, 50, 62), (232, 232, 226), (60, 152, 82)),
     (  # car
         (202, 30, 42),
@@ -128,7 +144,7 @@ SOURCE_PALETTE: tuple[tuple[tuple[int, int, int], ...], ...] = (
     ((240, 240, 234), (202, 62, 42), (40, 92, 172), (232, 182, 40), (92, 102, 112)),  # truck
     ((242, 202, 20), (202, 40, 40), (40, 122, 202), (240, 240, 240), (60, 162, 92)),  # bus
     ((232, 232, 226), (202, 40, 40), (60, 132, 202), (242, 202, 40)),  # train
-    ((30, 30, 36), (202, 30, 30), (30, 62, 182), (240, 152, 20), (172, 176, 188)),
+    ((30, 30, 36), (202, 30, 30), (30, 62, 182), (240, 152, 20), (172, 176, 188)),  # motorbike
     ((40, 40, 46), (202, 202, 208), (202, 30, 42), (40, 142, 202), (60, 160, 60)),  # bicycle
 )
 
@@ -252,7 +268,6 @@ def render_source(layout: Layout, rng: np.random.Generator) -> np.ndarray:
 
     # ---- ground: world-space materials
     ground = np.isin(label, _GROUND) & (ys + 0.5 > cam.cy)
-    gx = gz = None
     if ground.any():
         gx, gz = ground_coords(cam, H, W)
         gx, gz = gx[ground], gz[ground]
