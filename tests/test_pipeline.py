@@ -12,7 +12,7 @@ import torch
 from diffdass.adaptation import seg_training
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
 from diffdass.cli.pipeline import PipelineConfig, _fill, run_pipeline
-from diffdass.utils.config import load_config
+from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors
 
 TINY = {
@@ -358,3 +358,19 @@ def test_run_prints_what_it_demonstrates(pipeline_run):
         assert needle in text, needle
     assert f"{summary['miou']['adabn']:5.1f}" in text
     assert "patch SWD" in text
+
+
+def test_ablation_row_selection():
+    from diffdass.cli.ablate import ROWS, select_rows
+
+    rows = select_rows(["table2", "table3"], only=["table2: (a)", "(f) full"])
+    assert [r.name for r in rows] == [ROWS["table2"][0].name, ROWS["table2"][-1].name]
+    assert len(select_rows(["table2", "table3"])) == len(ROWS["table2"]) + len(ROWS["table3"])
+    assert [r.name for r in select_rows(["sweep_n"], sweep_n=[100, 200])] == [
+        "N = 100",
+        "N = 200",
+    ]
+    with pytest.raises(ConfigError, match="no ablation row matches"):
+        select_rows(["table2"], only=["table9"])
+    with pytest.raises(ConfigError, match="unknown ablation group"):
+        select_rows(["table9"])

@@ -34,7 +34,13 @@ from diffdass.evaluation.distance import image_set_distance
 from diffdass.evaluation.evaluate import evaluate, resolve_class_sets
 from diffdass.utils.io import save_image, write_json
 
-__all__ = ["StageMetricsSpec", "measure_stages"]
+__all__ = [
+    "StageMetricsSpec",
+    "measure_stages",
+    "oracle_consistency",
+    "stack_images",
+    "translate_images",
+]
 
 
 @dataclass
@@ -47,14 +53,15 @@ class StageMetricsSpec:
     guided: bool = True  # also translate guided by g_0 (the guidance of the PTL config)
 
 
-def _stack(ds: FolderDataset, n: int, with_labels: bool = False):
+def stack_images(ds: FolderDataset, n: int, with_labels: bool = False):
+    """The first ``n`` images of ``ds`` as one tensor (and their labels, or None)."""
     items = [ds[i] for i in range(min(n, len(ds)))]
     x = torch.stack([it["image"] for it in items])
     y = torch.stack([it["label"] for it in items]) if with_labels else None
     return x, y
 
 
-def _consistency(oracle, x: torch.Tensor, y: torch.Tensor, classes, device) -> float:
+def oracle_consistency(oracle, x: torch.Tensor, y: torch.Tensor, classes, device) -> float:
     """The oracle's mIoU (%) on translated images ``x`` against the source labels ``y``."""
 
     class _Mem(torch.utils.data.Dataset):
@@ -77,7 +84,9 @@ def _consistency(oracle, x: torch.Tensor, y: torch.Tensor, classes, device) -> f
 
 
 @torch.no_grad()
-def _translate_all(x, y, n, unet, schedule, seg, guidance, sampler, moments, steps, seed, device):
+def translate_images(x, y, n, unet, schedule, seg, guidance, sampler, moments, steps, seed, device):
+    """Translate ``x`` (labels ``y``) with ``n`` noising steps in batches of 16, ``steps``
+    respaced reverse steps, guided by ``seg`` unless ``guidance.kind == 'none'``; on CPU."""
     out = []
     for b in range(0, len(x), 16):
         g = torch.Generator().manual_seed(seed * 7919 + b)
@@ -122,10 +131,12 @@ def measure_stages(
     size = tuple(meta["sample_size"])
     tf = Resize(*size)
     src_ds = FolderDataset(source[0], source[1], "required", transform=tf)
-    xs, ys = _stack(src_ds, images, with_labels=True)
-    xt, _ = _stack(FolderDataset(target_train[0], target_train[1], "none", transform=tf), images)
+    xs, ys = stack_images(src_ds, images, with_labels=True)
+    xt, _ = stack_images(
+        FolderDataset(target_train[0], target_train[1], "none", transform=tf), images
+    )
     val_ds = FolderDataset(val[0], val[1], "none", transform=tf)
-    xv, _ = _stack(val_ds, len(val_ds))
+    xv, _ = stack_images(val_ds, len(val_ds))
     classes = src_ds.classes
     oracle_model = load_segmenter(oracle, device)[0] if oracle else None
     seg = load_segmenter(g0, device)[0].eval() if guided and guidance.kind != "none" else None
@@ -134,7 +145,7 @@ def measure_stages(
         return float(image_set_distance(x, xv, seed=seed)["swd"])
 
     def cons(x: torch.Tensor) -> float | None:
-        return _consistency(oracle_model, x, ys, classes, device) if oracle_model else None
+        return oracle_consistency(oracle_model, x, ys, classes, device) if oracle_model else None
 
     metrics: dict = {
         "distance": "patch SWD x1e3 to target val (diffdass.evaluation.distance)",
@@ -148,13 +159,13 @@ def measure_stages(
     rows, pics = [], {0: xs}
     none = GuidanceConfig(kind="none")
     for n in levels:
-        base = _translate_all(
+        base = translate_images(
             xs, ys, n, unet, schedule, None, none, sampler, moments, respace_steps, seed, device
         )
         pics[n] = base
         row = {"n": n, "baseline_distance": dist(base), "baseline_consistency": cons(base)}
         if seg is not None:
-            gd = _translate_all(
+            gd = translate_images(
                 xs,
                 ys,
                 n,

@@ -167,22 +167,14 @@ def run_row(base: PipelineConfig, row: Row, seed_dir: Path, progress: bool) -> f
     return float(res["miou"][key])
 
 
-def run_ablation(
-    cfg: PipelineConfig,
-    out: str | Path,
+def select_rows(
     groups: list[str],
-    seeds: list[int],
     sweep_n: list[float] | None = None,
     sweep_lambda: list[float] | None = None,
-    progress: bool = True,
-    echo=print,
-    reuse_run: str | Path | None = None,
-) -> Path:
-    """Run the chosen row groups for every seed and write ``OUT/ablation.md`` and ``.json``.
-
-    ``reuse_run``: a finished ``diffdass run`` directory made from the same config; it serves
-    as the shared stages of its own seed instead of recomputing them.
-    """
+    only: list[str] | None = None,
+) -> list[Row]:
+    """The rows of ``groups`` (keys of :data:`ROWS`, ``sweep_n``, ``sweep_lambda``), filtered
+    by ``only`` (label fragments, see :func:`run_ablation`)."""
     rows: list[Row] = []
     for g in groups:
         if g in ROWS:
@@ -195,6 +187,34 @@ def run_ablation(
             raise ConfigError(
                 f"unknown ablation group {g!r}; choose from {[*ROWS, 'sweep_n', 'sweep_lambda']}"
             )
+    if only:
+        rows = [r for r in rows if any(o in f"{r.group}: {r.name}" for o in only)]
+        if not rows:
+            raise ConfigError(f"no ablation row matches {only}; see `diffdass ablate --help`")
+    return rows
+
+
+def run_ablation(
+    cfg: PipelineConfig,
+    out: str | Path,
+    groups: list[str],
+    seeds: list[int],
+    sweep_n: list[float] | None = None,
+    sweep_lambda: list[float] | None = None,
+    progress: bool = True,
+    echo=print,
+    reuse_run: str | Path | None = None,
+    only: list[str] | None = None,
+) -> Path:
+    """Run the chosen row groups for every seed and write ``OUT/ablation.md`` and ``.json``.
+
+    ``reuse_run``: a finished ``diffdass run`` directory made from the same config; it serves
+    as the shared stages of its own seed instead of recomputing them.
+    ``only``: keep the rows whose label ``"group: name"`` contains one of these strings
+    (e.g. ``["table2: (a)"]``); the shared rows (source-only, AdaBN, oracle, full method)
+    are always there.
+    """
+    rows = select_rows(groups, sweep_n, sweep_lambda, only)
     out = Path(out)
     results_path = out / "ablation.json"
     results: dict = read_json(results_path) if results_path.is_file() else {}

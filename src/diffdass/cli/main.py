@@ -449,6 +449,13 @@ def ablate(
         Path | None,
         typer.Option(help="A finished `diffdass run` dir of the same config: reused for its seed."),
     ] = None,
+    only: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of label fragments: run only the rows whose 'group: name'"
+            " contains one (e.g. 'table2: (a)'); the shared rows always run."
+        ),
+    ] = "",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Re-run the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5) over seeds.
@@ -476,6 +483,7 @@ def ablate(
         progress=not quiet,
         echo=typer.echo,
         reuse_run=reuse_run,
+        only=[o.strip() for o in only.split(",") if o.strip()] or None,
     )
     typer.echo(md.read_text())
 

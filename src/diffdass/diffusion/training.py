@@ -64,6 +64,10 @@ class TrainDDPMConfig:
     sample_steps: int = 50  # respaced steps for the preview grids only
     n_samples: int = 8
     checkpoint_every: int = 1000
+    # keep the EMA weights every this many iterations as checkpoints/snapshot_<it>.safetensors
+    # (0: off), e.g. to measure when the sample distance stops improving
+    # (benchmarks/ddpm_convergence.py)
+    snapshot_every: int = 0
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
@@ -74,6 +78,8 @@ class TrainDDPMConfig:
             raise ConfigError("target.root: the (unlabeled) target dataset is required")
         if self.iterations < 1 or self.batch_size < 1:
             raise ConfigError("iterations and batch_size must be positive")
+        if self.snapshot_every < 0:
+            raise ConfigError("snapshot_every must be >= 0 (0: no snapshots)")
         if len(self.adam_betas) != 2:
             raise ConfigError("adam_betas must be two numbers")
 
@@ -161,7 +167,14 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     """Train (or resume) the target DDPM; writes ``checkpoints/final.safetensors``."""
     validate_tree(cfg)
     run = RunDir(out, "train-ddpm").open(
-        cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every", "sample_every")
+        cfg,
+        resume_ignore=(
+            "iterations",
+            "num_workers",
+            "checkpoint_every",
+            "sample_every",
+            "snapshot_every",
+        ),
     )
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
@@ -266,6 +279,13 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
                 moments,
             )
             save_image(run.path / "samples" / f"samples_{step:07d}.png", grid)
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            save_checkpoint(
+                run.ckpt_dir / f"snapshot_{step:07d}.safetensors",
+                {"ema": ema.shadow_state_dict()},
+                None,
+                meta | {"iteration": step},
+            )
         if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
             save(last, step)
             run.logger.info("iteration %d loss %.4f %.1f img/s", step, loss.item(), ips)
