@@ -13,7 +13,7 @@ consistency by less than 1 point" (issue 8). This script measures it on a finish
 
 For each ``--steps`` k it translates the first ``--images`` source images at depth ``--n``
 with k respaced reverse steps (the run's sampler and guidance settings from its
-``config.yaml``; unguided and guided) and prints a markdown table of
+``config.yaml``; unguided and guided, optionally at several guidance scales ``--scales``) and prints a markdown table of
 
 - label consistency: the oracle's mIoU19 (%) of the translations against the source labels;
 - distance: patch SWD x1e3 to target val (:mod:`diffdass.evaluation.distance`);
@@ -29,6 +29,7 @@ Same noise seed for every k, so rows differ only by the number of steps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -54,6 +55,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, nargs="+", default=[6, 12, 24])
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="guidance scales lambda to try (default: the run's ptl.guidance.scale)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
 
@@ -86,8 +94,13 @@ def main(argv=None) -> list[dict]:
             "s_per_image": 0.0,
         }
     ]
+    scales = args.scales or [guidance.scale]
     for k in args.steps:
-        for kind, seg, g in (("unguided", None, none), ("guided", g0.eval(), guidance)):
+        settings = [("unguided", None, none)]
+        for lam in scales:
+            g = dataclasses.replace(guidance, scale=lam)
+            settings.append((f"guided, lambda {lam:g}", g0.eval(), g))
+        for kind, seg, g in settings:
             t = time.perf_counter()
             x = translate_images(
                 xs, ys, n, unet, schedule, seg, g, sampler, moments, k, args.seed, "cpu"

@@ -360,6 +360,32 @@ def test_run_prints_what_it_demonstrates(pipeline_run):
     assert "patch SWD" in text
 
 
+def test_run_summary_lines_numbers():
+    from diffdass.cli.main import summary_lines
+
+    summary = {
+        "class_set": "19",
+        "miou": {"source_only": 20.0, "adabn": 22.0, "ptl": 21.0, "oracle": 30.0},
+        "stage_metrics": {
+            "ceiling_source": 500.0,
+            "floor_target_train": 100.0,
+            "ddpm_samples": 900.0,
+            "along_n": [{"n": 300, "baseline_distance": 420.0, "guided_distance": 400.0}],
+        },
+        "seconds": {"a": 60.0, "b": 120.0},
+    }
+    text = "\n".join(summary_lines(summary))
+    assert "closes 10% of the source-only -> oracle gap" in text  # (21 - 20) / (30 - 20)
+    assert "g_N - AdaBN: -1.0 (the method is not above the AdaBN baseline here)" in text
+    assert "cover 25% of the way" in text  # (500 - 400) / (500 - 100)
+    assert "further from the target than the source" in text
+    assert "time: 3.0 min over 2 stages" in text
+    summary["miou"]["ptl"] = 23.0
+    summary["stage_metrics"]["ddpm_samples"] = 300.0
+    text = "\n".join(summary_lines(summary))
+    assert "+1.0 (the method is above" in text and "further from" not in text
+
+
 def test_ablation_row_selection():
     from diffdass.cli.ablate import ROWS, select_rows
 

@@ -409,14 +409,34 @@ def summary_lines(summary: dict) -> list[str]:
         if gap > 0:
             closed = 100 * (m["ptl"] - m["source_only"]) / gap
             lines.append(f"  the method closes {closed:.0f}% of the source-only -> oracle gap")
+    if "adabn" in m:
+        d = m["ptl"] - m["adabn"]
+        verdict = "above" if d > 0 else "not above"
+        lines.append(f"  g_N - AdaBN: {d:+.1f} (the method is {verdict} the AdaBN baseline here)")
     sm = summary.get("stage_metrics")
     if sm and sm.get("along_n"):
         last = sm["along_n"][-1]
+        moved = last.get("guided_distance", last["baseline_distance"])
+        src, floor = sm["ceiling_source"], sm["floor_target_train"]
         lines.append(
-            f"distance to target (patch SWD, lower = closer): source {sm['ceiling_source']:.0f}, "
-            f"translated at n={last['n']} {last.get('guided_distance', last['baseline_distance']):.0f}, "
-            f"DDPM samples {sm['ddpm_samples']:.0f}, target train {sm['floor_target_train']:.0f}"
+            f"distance to target (patch SWD, lower = closer): source {src:.0f}, "
+            f"translated at n={last['n']} {moved:.0f}, "
+            f"DDPM samples {sm['ddpm_samples']:.0f}, target train {floor:.0f}"
         )
+        if src > floor:
+            lines.append(
+                f"  the translations cover {100 * (src - moved) / (src - floor):.0f}% of the way"
+                " from the source to the target"
+                + (
+                    "; the DDPM's samples are further from the target than the source is"
+                    " (train it longer)"
+                    if sm["ddpm_samples"] > src
+                    else ""
+                )
+            )
+    secs = summary.get("seconds") or {}
+    if secs:
+        lines.append(f"time: {sum(secs.values()) / 60:.1f} min over {len(secs)} stages")
     return lines
 
 
