@@ -61,7 +61,8 @@ def test_type_errors_name_the_key():
 
 
 def test_set_strings_are_yaml_scalars():
-    assert parse_set(["a.b=1e-3", "c=true", "d=[1, 2]", "e=text"]) == {
+    sets = parse_set(["a.b=1e-3", "c=true", "d=[1, 2]", "e=text"])
+    assert {k: v.value for k, v in sets.items()} == {
         "a.b": 1e-3,
         "c": True,
         "d": [1, 2],

@@ -27,7 +27,13 @@ from diffdass.adaptation.config import (
     OptimConfig,
     SegModelConfig,
 )
-from diffdass.data.folder import DomainSpec, FolderDataset, StreamBatchSampler, StreamDataset
+from diffdass.data.folder import (
+    DomainSpec,
+    FolderDataset,
+    StreamBatchSampler,
+    StreamDataset,
+    collate_items,
+)
 from diffdass.data.transforms import train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
@@ -221,6 +227,7 @@ def make_loader(
     return torch.utils.data.DataLoader(
         StreamDataset(dataset),
         batch_sampler=sampler,
+        collate_fn=collate_items,  # keeps the per-item "skipped" lists (on_error="skip")
         num_workers=num_workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
@@ -286,6 +293,7 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
     t0, seen = time.perf_counter(), 0
     it = start
     for it, batch in enumerate(loader, start=start):
+        ds.note_skipped(batch.get("skipped", ()))  # a worker's skips reach this process
         stats = trainer.step(it, [(batch["image"], batch["label"])])
         seen += batch["image"].shape[0]
         ips = seen / max(time.perf_counter() - t0, 1e-9)
@@ -322,9 +330,10 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
 
 
 def _pretrained(v: str) -> bool | str:
-    if v in ("none", "", "false", "False"):
+    """``model.pretrained``: none (or a YAML false) | imagenet (or a YAML true) | a file path."""
+    if v.lower() in ("none", "", "false", "no", "off"):
         return False
-    if v in ("imagenet", "true", "True"):
+    if v.lower() in ("imagenet", "true", "yes", "on"):
         return True
     return v
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import sys
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,11 +36,31 @@ def build_config(
     return load_config(cls, config, overrides, validate=validate)
 
 
+def error_message(exc: BaseException) -> str:
+    """One line naming the file and the cause.
+
+    An ``OSError`` raised by the system (``PermissionError``, ``IsADirectoryError``, ...)
+    reads ``PATH: Permission denied``; every other error is its own message.
+    """
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        where = str(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {exc.filename2}"
+        return f"{where}: {exc.strerror}"
+    return str(exc)
+
+
 def friendly_errors(fn):
-    """Turn expected user errors into a one-line message and exit code 2 (no traceback)."""
+    """Turn expected user errors into a one-line message and exit code 2 (no traceback).
+
+    Expected errors are bad configs and data, unreadable or missing files, and file-system
+    refusals (``OSError``: permissions, an existing folder that must not be replaced, ...).
+    ``diffdass --debug CMD ...`` (or ``DIFFDASS_DEBUG=1``) re-raises them with the full
+    traceback instead.
+    """
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, _ctx: typer.Context | None = None, **kwargs):
         from diffdass.data.folder import DataError
 
         try:
@@ -48,14 +68,20 @@ def friendly_errors(fn):
         except (
             ConfigError,
             DataError,
-            FileNotFoundError,
+            OSError,
             FloatingPointError,
             ValueError,
             RuntimeError,
         ) as exc:
-            if "--debug" in sys.argv or __import__("os").environ.get("DIFFDASS_DEBUG"):
+            if _ctx is not None and _ctx.find_root().params.get("debug"):
                 raise
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {error_message(exc)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
+    # typer hands the click context to a parameter annotated ``typer.Context``: declare one
+    # on the wrapper, so that it can read the global ``--debug`` option of the app callback
+    sig = inspect.signature(fn, eval_str=True)
+    ctx_param = inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), ctx_param])
+    wrapper.__annotations__ = {**fn.__annotations__, "_ctx": typer.Context}
     return wrapper

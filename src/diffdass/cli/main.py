@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from diffdass.cli.common import ConfigOpt, SetOpt, build_config, friendly_errors
+from diffdass.utils.config import ConfigError
 
 app = typer.Typer(
     name="diffdass",
@@ -26,6 +27,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="DIFFDASS_DEBUG",
+            help="Show the full traceback of an error instead of a one-line message"
+            " (goes before the command: diffdass --debug train-seg ...).",
+        ),
+    ] = False,
+):
+    # nothing to do here: cli.common.friendly_errors reads ``debug`` from the root of the
+    # context that typer hands to every command
+    pass
 
 
 @app.command("make-benchmark")
@@ -158,7 +176,12 @@ def evaluate(
         str | None, typer.Option(help="Feed images at HxW (e.g. 512x1024).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Directory for metrics.json and predictions.")
+        Path | None,
+        typer.Option(
+            help="Directory for metrics.json and predictions/. Never a run directory of"
+            " train-seg, ptl, train-ddpm, translate or run (that is refused: its"
+            " metrics.json would be replaced); use e.g. RUN/eval."
+        ),
     ] = None,
     save_predictions: Annotated[
         int, typer.Option(help="Colourised predictions to save (-1: all).")
@@ -172,7 +195,13 @@ def evaluate(
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
     from diffdass.utils.io import write_json
+    from diffdass.utils.run import is_run_dir
 
+    if out is not None and is_run_dir(out):
+        raise ConfigError(
+            f"{out}: is the run directory of another command (it holds config.yaml); "
+            f"evaluate would replace its metrics.json -- use --out {out / 'eval'} instead"
+        )
     dev = resolve_device(device)
     model, meta = load_segmenter(checkpoint, dev)
     ds = FolderDataset(root, split, labels="required")
@@ -190,6 +219,7 @@ def evaluate(
     res["checkpoint"] = str(checkpoint)
     res["checkpoint_kind"] = "last"
     res["dataset"] = f"{root}:{split}"
+    res["stage"] = "evaluate"
     if out:
         write_json(out / "metrics.json", res)
     typer.echo(res["table"])

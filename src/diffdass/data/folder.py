@@ -205,7 +205,10 @@ class FolderDataset(torch.utils.data.Dataset):
 
     ``on_error="skip"`` logs a bad sample (unreadable, size mismatch, unknown ids) and
     returns the next good one instead of raising; the skipped paths are kept in
-    ``self.skipped``.
+    ``self.skipped``. DataLoader workers fill their own copies of the dataset, so with
+    ``on_error="skip"`` every item also lists the paths skipped to produce it under
+    ``"skipped"``: load with ``collate_fn=collate_items`` and hand each batch's list to
+    :meth:`note_skipped` in the main process.
 
     Augmentation is deterministic given ``(seed, epoch, index)``: call :meth:`set_epoch`.
     """
@@ -261,6 +264,7 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def get(self, index: int, epoch: int) -> dict:
         """Item ``index`` with the augmentation draw of ``epoch``."""
+        skipped: list[str] = []
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
             try:
@@ -268,12 +272,22 @@ class FolderDataset(torch.utils.data.Dataset):
             except DataError as exc:
                 if self.on_error == "raise":
                     raise
-                if str(self.samples[i].image) not in self.skipped:
-                    self.skipped.append(str(self.samples[i].image))
+                skipped.append(str(self.samples[i].image))
+                if skipped[-1] not in self.skipped:
                     log.warning("skipping bad sample: %s", exc)
+                self.note_skipped(skipped[-1:])
                 continue
-            return self._make_item(i, img, lbl, epoch)
+            item = self._make_item(i, img, lbl, epoch)
+            if self.on_error == "skip":
+                item["skipped"] = skipped
+            return item
         raise DataError(f"{self.root / self.split}: every sample is unreadable")
+
+    def note_skipped(self, paths) -> None:
+        """Record skipped sample paths (e.g. a batch's ``"skipped"`` list from a worker)."""
+        for p in paths:
+            if p not in self.skipped:
+                self.skipped.append(p)
 
     def _make_item(self, i: int, img: np.ndarray, lbl: np.ndarray | None, epoch: int) -> dict:
         if lbl is None:
@@ -287,6 +301,18 @@ class FolderDataset(torch.utils.data.Dataset):
             "stem": self.samples[i].stem,
             "index": i,
         }
+
+
+def collate_items(items: list[dict]) -> dict:
+    """``default_collate`` of dataset items, with their ``"skipped"`` lists (items of an
+    ``on_error="skip"`` dataset) joined into one list instead of collated."""
+    skipped = [p for item in items for p in item.get("skipped", ())]
+    batch = torch.utils.data.default_collate(
+        [{k: v for k, v in item.items() if k != "skipped"} for item in items]
+    )
+    if any("skipped" in item for item in items):
+        batch["skipped"] = skipped
+    return batch
 
 
 class StreamDataset(torch.utils.data.Dataset):

@@ -22,22 +22,23 @@ def _read(path: Path):
     return read_json(path) if path.is_file() else None
 
 
+def _figure(**kw):
+    """A matplotlib ``Figure`` outside pyplot: it renders PNGs with its own Agg canvas, so
+    the calling process's matplotlib backend is neither needed nor changed."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
 def _fig_to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return buf.getvalue()
 
 
 def _per_class_plot(names, series: dict[str, dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.2))
+    fig = _figure(figsize=(max(6, 0.5 * len(names)), 3.2))
+    ax = fig.subplots()
     w = 0.8 / len(series)
     x = np.arange(len(names))
     for i, (label, per_class) in enumerate(series.items()):
@@ -57,14 +58,10 @@ def _miou_along_n(domains: list[dict], miou0: float | None, key: str) -> bytes |
     ]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if miou0 is not None:
         pts = [(0, miou0), *pts]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = _figure(figsize=(5, 3))
+    ax = fig.subplots()
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
     ax.set_xlabel("domain n (diffusion steps)")
     ax.set_ylabel(f"target mIoU{key} (%)")
@@ -85,12 +82,8 @@ def sweep_plot(results: dict, key: str = "19") -> bytes | None:
     panels = {g: p for g, p in panels.items() if p[1]}
     if not panels:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3), squeeze=False)
+    fig = _figure(figsize=(4.5 * len(panels), 3))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (_, (xlabel, pts)) in zip(axes[0], panels.items(), strict=True):
         xs = sorted(pts)
         mean = [float(np.mean(pts[x])) for x in xs]

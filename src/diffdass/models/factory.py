@@ -204,8 +204,8 @@ def _imagenet_state_dict(arch: str, spec: _ArchSpec) -> tuple[dict[str, torch.Te
     if spec.smp_encoder is not None:
         return _smp_imagenet_state_dict(arch, spec.smp_encoder), f"smp:{spec.smp_encoder}.imagenet"
     raise ValueError(
-        f"{arch} has no ImageNet weights ({spec.no_imagenet}); use "
-        "pretrained=False (pretrained: none) or pass a local weight file"
+        f"{arch} has no ImageNet weights ({spec.no_imagenet}); use `--pretrained none` "
+        "(config: pretrained: none; pretrained=False from Python) or a local weight file"
     )
 
 

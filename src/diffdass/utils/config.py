@@ -3,12 +3,14 @@
 Every stage has a dataclass config. ``load_config(Cls, yaml_path, overrides)`` builds one,
 rejecting unknown keys with the list of valid ones (a typo never silently becomes a
 default), coercing YAML scalars to the annotated types, and applying dotted overrides
-such as ``{"train.lr": 1e-3}`` or ``--set train.lr=1e-3`` strings.
+such as ``{"train.lr": 1e-3}`` or ``--set train.lr=1e-3`` strings (typed by the field:
+``--set source.split=2e1`` stays the text ``"2e1"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +25,57 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class SetValue:
+    """The text of a ``--set KEY=TEXT`` override, typed once the field's type is known.
+
+    A ``str`` field takes the literal text (``--set source.split=2e1`` is the split ``"2e1"``,
+    not ``"20.0"``); any other field takes :attr:`value`, the text read as a YAML scalar, so
+    numbers, booleans and lists still parse.
+    """
+
+    text: str
+
+    def yaml(self) -> Any:
+        """The text read as a YAML document ("" when empty; the text itself if not YAML)."""
+        if not self.text.strip():
+            return ""
+        try:
+            return yaml.safe_load(self.text)
+        except yaml.YAMLError:
+            return self.text
+
+    @property
+    def value(self) -> Any:
+        """What a non-string field receives: the YAML reading, with ``1e-3`` a float (YAML 1.2;
+        PyYAML's YAML 1.1 reads it as a string)."""
+        val = self.yaml()
+        if isinstance(val, str) and _FLOAT_RE.fullmatch(val.strip()):
+            return float(val)
+        return val
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _coerce_set_value(sv: SetValue, tp, key: str):
+    options, _ = _resolve_type(tp)
+    val = sv.yaml()
+    if str in options and val is not None and not isinstance(val, (list, dict)):
+        # the text as typed: YAML would turn 2e1 into 20.0, 010 into 8 and yes into True
+        return val if isinstance(val, str) else sv.text.strip()
+    return _coerce(sv.value, tp, key)
+
+
+def _plain(value):
+    """``value`` with every :class:`SetValue` inside it replaced by its YAML reading."""
+    if isinstance(value, SetValue):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _resolve_type(tp):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -33,7 +86,9 @@ def _resolve_type(tp):
 
 def _coerce(value: Any, tp, key: str):
     if tp is Any:
-        return value
+        return _plain(value)
+    if isinstance(value, SetValue):
+        return _coerce_set_value(value, tp, key)
     options, optional = _resolve_type(tp)
     if value is None:
         if optional:
@@ -73,7 +128,7 @@ def _coerce_one(value: Any, tp, key: str):
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        return _plain(dict(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -92,9 +147,11 @@ def _coerce_one(value: Any, tp, key: str):
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, str) and "e" in value.lower():
+            value = float(value)  # 2e3
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        return int(value)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -150,20 +207,18 @@ def to_dict(obj) -> dict:
     return conv(obj)
 
 
-def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``["a.b=1", "c=x"]`` (values read as YAML scalars) into dotted overrides."""
-    out: dict[str, Any] = {}
+def parse_set(items: list[str] | None) -> dict[str, SetValue]:
+    """Parse ``["a.b=1", "c=x"]`` into dotted overrides.
+
+    The values stay text (:class:`SetValue`) until :func:`load_config` knows each field's
+    type: a string field keeps the text as typed, any other reads it as a YAML scalar.
+    """
+    out: dict[str, SetValue] = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        val = yaml.safe_load(v) if v.strip() else ""
-        if isinstance(val, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                val = float(val) if any(ch.isdigit() for ch in val) else val
-            except ValueError:
-                pass
-        out[k.strip()] = val
+        out[k.strip()] = SetValue(v)
     return out
 
 

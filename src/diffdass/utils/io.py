@@ -28,11 +28,16 @@ _UMASK = _current_umask()
 def _atomic(path: str | Path, write: Callable[[str], None], suffix: str = "") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as exc:  # e.g. a read-only folder: name the output, not the temporary file
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs the usual mode
     try:
         write(tmp)
+        # mkstemp creates 0600, and a writer may replace the file (safetensors writes its own
+        # temporary file and renames it), so set the mode a plain open() would give now
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -109,5 +114,11 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
 def load_tensors_metadata(path: str | Path) -> dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # SafetensorError (garbage, empty or truncated file), OSError
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc

@@ -63,6 +63,11 @@ class RunDir:
         self.ckpt_dir = self.path / "checkpoints"
 
     def open(self, config, resume_ignore: tuple[str, ...] = ()) -> RunDir:
+        if self.metrics_path.is_file() and not is_run_dir(self.path):
+            raise ConfigError(
+                f"{self.path}: holds the output of another command (metrics.json but no "
+                f"config.yaml); {self.stage} would overwrite it -- use a new output directory"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
         cfg_path = self.path / "config.yaml"
@@ -97,6 +102,16 @@ class RunDir:
 
     def read_metrics(self) -> dict | None:
         return read_json(self.metrics_path) if self.metrics_path.is_file() else None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a stage's run directory (:meth:`RunDir.open` writes ``config.yaml``
+    into every one, and no other command writes that file).
+
+    Commands that write loose outputs (``diffdass evaluate``) refuse such a directory, so that
+    no command's ``metrics.json`` replaces another's.
+    """
+    return (Path(path) / "config.yaml").is_file()
 
 
 def _diff(old, new, ignore=(), prefix="", defaults=None) -> list[str]:

@@ -1,0 +1,276 @@
+"""Issue 9 ("Hardening"): one-line CLI errors, outputs that never overwrite each other,
+``--set`` typing, skipped samples with loader workers, and smaller fixes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffdass.adaptation.seg_training import TrainSegConfig, _pretrained, train_segmenter
+from diffdass.cli.common import build_config
+from diffdass.cli.main import app
+from diffdass.models.factory import build_segmenter
+from diffdass.utils.checkpoint import save_checkpoint
+from diffdass.utils.config import ConfigError, load_config, parse_set
+from diffdass.utils.run import RunDir
+
+from conftest import write_folder_dataset
+
+runner = CliRunner()
+
+
+def _plain(text: str) -> str:
+    """Output without ANSI colours or rich's box drawing, whitespace collapsed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def _one_line_error(res, *fragments: str) -> None:
+    """Exit code 2, a single ``error:`` line holding every fragment, no exception escaped."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert isinstance(res.exception, SystemExit), res.exception
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def _segmenter_checkpoint(path, num_classes: int = 4):
+    """A random fcn8s_tiny checkpoint as train-seg writes it (arch metadata included)."""
+    model = build_segmenter("fcn8s_tiny", num_classes)
+    meta = {"arch": "fcn8s_tiny", "num_classes": num_classes}
+    return save_checkpoint(path, {"model": model}, None, meta)
+
+
+def _evaluate(ckpt, root, *extra: str):
+    args = ["evaluate", "--checkpoint", str(ckpt), "--root", str(root)]
+    args += ["--split", "train", "--class-sets", "all", "--quiet", *extra]
+    return runner.invoke(app, args)
+
+
+# --------------------------------------------------------------- 1. one-line errors
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a safetensors file"], ids=["empty", "junk"])
+def test_unreadable_checkpoint_is_a_one_line_error(tiny_dataset, tmp_path, content):
+    ckpt = tmp_path / "bad.safetensors"
+    ckpt.write_bytes(content)
+    res = _evaluate(ckpt, tiny_dataset)
+    _one_line_error(res, str(ckpt), "not a readable safetensors file")
+
+
+def test_translate_with_an_unreadable_ddpm_checkpoint_is_a_one_line_error(tiny_dataset, tmp_path):
+    ddpm = tmp_path / "ddpm.safetensors"
+    ddpm.write_bytes(b"\x00" * 3)
+    res = runner.invoke(
+        app,
+        ["translate", "-o", str(tmp_path / "tr"), "--source-root", str(tiny_dataset)]
+        + ["--ddpm", str(ddpm), "--guidance", "none", "--quiet"],
+    )
+    _one_line_error(res, str(ddpm), "not a readable safetensors file")
+
+
+def test_read_only_output_folder_is_a_one_line_error(tiny_dataset, tmp_path, monkeypatch):
+    ckpt = _segmenter_checkpoint(tmp_path / "g.safetensors")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    mkstemp = tempfile.mkstemp
+
+    def refusing_mkstemp(*args, dir=None, **kw):  # what the OS does (root ignores the mode)
+        if dir is not None and str(dir).startswith(str(ro)):
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, ".x.tmp"))
+        return mkstemp(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refusing_mkstemp)
+    try:
+        res = _evaluate(ckpt, tiny_dataset, "--out", str(ro))
+    finally:
+        ro.chmod(0o755)
+    _one_line_error(res, str(ro), "Permission denied")
+    assert ".tmp" not in res.output  # the output is named, not the temporary file
+
+
+def test_make_benchmark_into_a_foreign_folder_is_a_one_line_error(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = runner.invoke(app, ["make-benchmark", str(tmp_path / "mine")])
+    _one_line_error(res, str(tmp_path / "mine"), "not a generated benchmark")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_debug_option_shows_the_traceback(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert "--debug" in _plain(runner.invoke(app, ["--help"]).output)
+    res = runner.invoke(app, ["--debug", "make-benchmark", str(tmp_path / "mine")])
+    assert isinstance(res.exception, FileExistsError)
+    res = runner.invoke(
+        app, ["make-benchmark", str(tmp_path / "mine")], env={"DIFFDASS_DEBUG": "1"}
+    )
+    assert isinstance(res.exception, FileExistsError)
+
+
+def test_os_errors_read_path_and_cause():
+    from diffdass.cli.common import error_message
+
+    exc = PermissionError(errno.EACCES, "Permission denied", "/data/out")
+    assert error_message(exc) == "/data/out: Permission denied"
+    assert error_message(FileNotFoundError("/x: checkpoint not found")) == (
+        "/x: checkpoint not found"
+    )
+
+
+# ------------------------------------------- 2. evaluate never replaces a run's metrics
+
+
+def _train_seg_run(root, out):
+    """A train-seg run directory as RunDir leaves it (config, log, metrics)."""
+    cfg = load_config(TrainSegConfig, None, {"source.root": str(root), "model.arch": "fcn8s_tiny"})
+    run = RunDir(out, "train-seg").open(cfg)
+    run.write_metrics({"stage": "train-seg", "iterations": 1})
+    return cfg, run
+
+
+def test_evaluate_refuses_a_training_run_directory(tiny_dataset, tmp_path):
+    _, run = _train_seg_run(tiny_dataset, tmp_path / "r")
+    before = run.metrics_path.read_text()
+    ckpt = _segmenter_checkpoint(run.ckpt_dir / "final.safetensors")
+    res = _evaluate(ckpt, tiny_dataset, "--out", str(run.path))
+    _one_line_error(res, str(run.path), "metrics.json", str(run.path / "eval"))
+    assert run.metrics_path.read_text() == before
+    assert not (run.path / "predictions").exists()
+
+    res = _evaluate(ckpt, tiny_dataset, "--out", str(run.path / "eval"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((run.path / "eval" / "metrics.json").read_text())["stage"] == "evaluate"
+    assert run.metrics_path.read_text() == before
+    assert "run directory" in _plain(runner.invoke(app, ["evaluate", "--help"]).output)
+
+
+def test_a_stage_refuses_a_folder_holding_evaluate_output(tiny_dataset, tmp_path):
+    ckpt = _segmenter_checkpoint(tmp_path / "g.safetensors")
+    ev = tmp_path / "ev"
+    assert _evaluate(ckpt, tiny_dataset, "--out", str(ev)).exit_code == 0
+    before = (ev / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match="another command"):
+        _train_seg_run(tiny_dataset, ev)
+    assert (ev / "metrics.json").read_text() == before
+    assert not (ev / "config.yaml").exists()
+
+
+# ------------------------------------------------------------------- 3. --set typing
+
+
+def test_set_keeps_the_text_of_string_fields():
+    cfg = build_config(
+        TrainSegConfig,
+        None,
+        ["source.split=2e1", "source.root=1e5", "model.arch=010", "model.pretrained=no"],
+        {},
+        validate=False,
+    )
+    assert cfg.source.split == "2e1"
+    assert cfg.source.root == "1e5"
+    assert cfg.model.arch == "010"
+    assert cfg.model.pretrained == "no" and _pretrained(cfg.model.pretrained) is False
+
+
+def test_set_still_parses_numbers_booleans_and_lists():
+    cfg = load_config(
+        TrainSegConfig,
+        None,
+        parse_set(
+            ["optim.lr=1e-3", "iterations=2e1", "batch_size=4", "amp=no", "aug.crop=[8, 16]"]
+        ),
+        validate=False,
+    )
+    assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.iterations == 20 and isinstance(cfg.iterations, int)
+    assert cfg.batch_size == 4
+    assert cfg.amp is False
+    assert cfg.aug.crop == [8, 16]
+    with pytest.raises(ConfigError, match="iterations"):
+        load_config(TrainSegConfig, None, parse_set(["iterations=1e-3"]), validate=False)
+
+
+# ------------------------------------------------ 4. skipped samples and loader workers
+
+
+def test_skipped_samples_reach_metrics_with_loader_workers(tmp_path):
+    root = write_folder_dataset(tmp_path / "ds", n=6)
+    bad = root / "train" / "images" / "img002.png"
+    bad.write_bytes(b"not a png")
+    cfg = load_config(
+        TrainSegConfig,
+        None,
+        {
+            "source.root": str(root),
+            "model.arch": "fcn8s_tiny",
+            "iterations": 3,  # 3 batches of 2 = one pass over the 6 samples
+            "batch_size": 2,
+            "num_workers": 2,
+            "on_error": "skip",
+            "noisy_masked.prob": 0.0,
+            "device": "cpu",
+        },
+    )
+    metrics = train_segmenter(cfg, tmp_path / "run", progress=False)
+    assert metrics["skipped_samples"] == [str(bad)]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["skipped_samples"] == [str(bad)]
+
+
+# --------------------------------------------------------------------- 5. smaller ones
+
+
+def test_report_plots_leave_the_matplotlib_backend_alone():
+    import matplotlib
+
+    from diffdass.evaluation.report import _miou_along_n, _per_class_plot, sweep_plot
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert _per_class_plot(["a", "b"], {"g0": {"a": 10.0, "b": 20.0}})[:4] == b"\x89PNG"
+        domains = [{"n": 1, "val_miou": {"19": 30.0}}]
+        assert _miou_along_n(domains, 20.0, "19")[:4] == b"\x89PNG"
+        assert sweep_plot({"0": {"sweep_n: N = 100": 1.0}})[:4] == b"\x89PNG"
+        assert matplotlib.get_backend().lower() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
+def test_unknown_device_is_a_config_error_listing_valid_ones(tiny_dataset, tmp_path):
+    from diffdass.utils.device import resolve_device
+
+    with pytest.raises(ConfigError, match=r"'gpu'.*auto, cpu, cuda, cuda:N, mps"):
+        resolve_device("gpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    res = _evaluate(tmp_path / "none.safetensors", tiny_dataset, "--device", "gpu")
+    _one_line_error(res, "gpu", "auto, cpu, cuda, cuda:N, mps")
+
+
+def test_no_imagenet_weights_advice_uses_the_config_value():
+    with pytest.raises(ValueError, match="no ImageNet weights") as info:
+        build_segmenter("fcn8s_tiny", 4, pretrained=True)
+    msg = str(info.value)
+    assert "--pretrained none" in msg and "pretrained: none" in msg
+
+
+def test_checkpoints_get_the_mode_of_other_outputs(tmp_path):
+    from diffdass.utils.io import write_json
+
+    mask = os.umask(0)
+    os.umask(mask)
+    ckpt = save_checkpoint(tmp_path / "c.safetensors", {"model": torch.nn.Linear(2, 2)})
+    js = write_json(tmp_path / "m.json", {})
+    assert ckpt.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert js.stat().st_mode & 0o777 == 0o666 & ~mask
