@@ -7,13 +7,14 @@ script measures that on a generated benchmark, with the library's own training a
 evaluation code:
 
 1. generate the benchmark (the sizes of the ``benchmark`` block of
-   ``src/diffdass/configs/benchmark.yaml``: 64x128, 400 source / 400 target train / 100
+   ``configs/benchmark_study.yaml``: 64x128, 400 source / 400 target train / 100
    target val) into ``OUT/data``;
 2. train a segmenter on ``source/train`` (source-only) and one on ``target/train_oracle``
    (oracle) with :func:`~diffdass.adaptation.seg_training.train_segmenter`, the same recipe
-   for both: the ``source_only`` block of that config, i.e. the pipeline's own recipe
-   (``--arch``, ``--optim``, ``--lr``, ``--weight-decay``, ``--batch-size`` and
-   ``--iterations`` override it);
+   for both: the ``source_only`` block of the study configuration, whose g_0 and oracle
+   are trained with it (``--arch``, ``--optim``, ``--lr``, ``--weight-decay``,
+   ``--batch-size`` and ``--iterations`` override it; ``--config`` picks another file,
+   e.g. ``src/diffdass/configs/benchmark.yaml`` for the 15-minute demo's shorter recipe);
 3. AdaBN: re-estimate the BatchNorm statistics of a copy of the source-only model on the
    ``target/train`` images (no labels, no training);
 4. score all three on ``target/val`` (mIoU over the 19 classes, last checkpoint) with
@@ -60,7 +61,7 @@ from diffdass.data.folder import DomainSpec, FolderDataset
 from diffdass.evaluation.evaluate import evaluate
 from diffdass.models.checkpoint import load_segmenter
 
-CONFIG = Path(__file__).resolve().parents[1] / "src/diffdass/configs/benchmark.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs/benchmark_study.yaml"
 BENCH_KEYS = ("height", "width", "n_source", "n_target_train", "n_target_val")
 CRITERIA = {"source_over_oracle": (0.45, 0.60), "adabn_gap_share_max": 1 / 3}
 
@@ -69,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/calibrate"), help="output folder")
     ap.add_argument("--seed", type=int, default=0, help="benchmark and training seed")
+    ap.add_argument(
+        "--config", type=Path, default=CONFIG, help="pipeline YAML whose source_only block is used"
+    )
     # the recipe: default None = the value of the config's source_only block
     ap.add_argument("--arch", default=None, help="segmenter (diffdass models)")
     ap.add_argument("--iterations", type=int, default=None)
@@ -95,10 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def recipe(args) -> dict:
     """The segmenter recipe: the config's ``source_only`` block with this script's overrides.
 
-    The pipeline (``diffdass run``) trains g_0 and the oracle with exactly that block, so by
-    default the calibration measures the benchmark with the pipeline's own recipe.
+    ``diffdass run`` with that config trains g_0 and the oracle with exactly that block, so
+    the calibration measures the benchmark with the study's own recipe.
     """
-    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg = yaml.safe_load(Path(args.config).read_text())
     so = cfg["source_only"]
     optim = dict(so.get("optim", {}))
     for key, val in (("name", args.optim), ("lr", args.lr), ("weight_decay", args.weight_decay)):
