@@ -67,6 +67,12 @@ def test_deterministic_and_seed_dependent(tiny_root, tmp_path):
         s["content_hash"] == json.loads((tiny_root / "benchmark.json").read_text())["content_hash"]
     )
     assert bm.content_hash(again) == s["content_hash"]
+    # the data scan's cache (written into dataset roots by the stages) is not content
+    from diffdass.data.scan import scan_split
+
+    scan_split(again / "source", "train", labels="required")
+    assert (again / "source" / ".diffdass_scan.json").is_file()
+    assert bm.content_hash(again) == s["content_hash"]
     other = _tiny(tmp_path / "other", seed=1)
     c = _files(tmp_path / "other")
     assert other["content_hash"] != s["content_hash"]

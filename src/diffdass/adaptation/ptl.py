@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.config import AugConfig, NoisyMaskedConfig, OptimConfig
@@ -43,16 +42,17 @@ from diffdass.adaptation.translation import (
 )
 from diffdass.data.folder import (
     DomainSpec,
-    FolderDataset,
     StreamBatchSampler,
     StreamDataset,
     tensor_to_image,
 )
+from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize, train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import read_json, save_image, write_json
+from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
@@ -99,8 +99,11 @@ class PTLConfig:
     device: str = "auto"
     amp: bool = True
     num_workers: int = 0
+    on_error: str = "raise"  # or "skip": source samples the up-front check finds bad are left out
 
     def validate(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         if self.bn not in ("separate", "joint", "frozen"):
             raise ConfigError(f"bn must be separate|joint|frozen, got {self.bn!r}")
         if self.domains not in ("every", "spread"):
@@ -141,47 +144,94 @@ def _domain_seed(seed: int, k: int, stream: int) -> int:
     return derive_seed(seed, 5151, stream, k, high=2**31 - 1)
 
 
+#: what a PTL run may change when resumed (nothing that changes the weights; the domain
+#: schedule and iterations_per_domain fix the lr schedule's total, so they may not change)
+RESUME_IGNORE = ("num_workers", "eval_every")
+
+
+def check_config(cfg: PTLConfig) -> None:
+    """The checks of ``cfg`` that need no file (also run up front by ``diffdass run``)."""
+    validate_tree(cfg)
+    if not cfg.init or not cfg.ddpm:
+        raise ConfigError("PTL needs `init` (g_0 checkpoint) and `ddpm` (target DDPM checkpoint)")
+    if cfg.aug.crop is None and cfg.aug.resize is None:
+        raise ConfigError(
+            "ptl.aug: PTL batches translations: set aug.crop or aug.resize to a fixed size "
+            "(e.g. --set ptl.aug.crop=[64,128] in `diffdass run`)"
+        )
+
+
+def preflight(cfg: PTLConfig, checkpoints: bool = True) -> tuple[SplitScan, SplitScan | None]:
+    """Everything :func:`run_ptl` can check before it writes or trains: the config, every file
+    of the source and val splits and (``checkpoints``) the g_0 and DDPM checkpoints.
+
+    Returns the scans of the source and val splits (None without val).
+    """
+    check_config(cfg)
+    src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
+    val = scan_split(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
+    if checkpoints:
+        from diffdass.utils.checkpoint import read_meta
+
+        for key in ("init", "ddpm"):
+            if not Path(getattr(cfg, key)).is_file():
+                raise FileNotFoundError(f"{getattr(cfg, key)}: {key} checkpoint not found")
+        dmeta = read_meta(cfg.ddpm)
+        if "unet" not in dmeta or "sample_size" not in dmeta:
+            raise ValueError(f"{cfg.ddpm}: not a diffdass DDPM checkpoint")
+        steps = int(dmeta.get("num_timesteps", 1000))
+        if cfg.n_max > steps:
+            raise ConfigError(f"n_max {cfg.n_max} exceeds the DDPM's {steps} timesteps")
+        from diffdass.diffusion.training import ddpm_moments
+
+        cfg.sampler.options(ddpm_moments(dmeta), cfg.guidance)
+        smeta = read_meta(cfg.init)
+        if smeta.get("num_classes") not in (None, src.classes.num_classes):
+            raise ValueError(
+                f"wrong class count: {cfg.init} predicts {smeta['num_classes']} classes, "
+                f"{cfg.source.root} has {src.classes.num_classes}"
+            )
+    return src, val
+
+
 def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) PTL; writes ``checkpoints/final.safetensors`` = g_K and metrics."""
-    validate_tree(cfg)
+    check_config(cfg)
+    run = RunDir(out, "ptl")
+    run.check(cfg, RESUME_IGNORE)
+    final = run.ckpt_dir / "final.safetensors"
+    done = run.read_metrics()
+    if final.is_file() and done and done.get("complete"):
+        with run.open(cfg, RESUME_IGNORE):
+            run.logger.info("already complete: %s", final)
+        return done
+    scans = preflight(cfg)
+    with run.open(cfg, RESUME_IGNORE):
+        return _run(cfg, run, scans, progress)
+
+
+def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
     from diffdass.diffusion.training import ddpm_moments, load_ddpm
     from diffdass.evaluation.evaluate import evaluate
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
 
-    if not cfg.init or not cfg.ddpm:
-        raise ConfigError("PTL needs `init` (g_0 checkpoint) and `ddpm` (target DDPM checkpoint)")
-    run = RunDir(out, "ptl").open(cfg, resume_ignore=("num_workers", "eval_every"))
+    src_scan, val_scan = scans
     final = run.ckpt_dir / "final.safetensors"
-    done = run.read_metrics()
-    if final.is_file() and done and done.get("complete"):
-        run.logger.info("already complete: %s", final)
-        return done
     device = resolve_device(cfg.device)
     unet, dmeta = load_ddpm(cfg.ddpm, device)
     moments = ddpm_moments(dmeta)
     cfg.sampler.options(moments, cfg.guidance)  # a missing requirement fails before any work
     schedule = DDPMSchedule(num_timesteps=int(dmeta.get("num_timesteps", 1000)))
-    if cfg.n_max > schedule.num_timesteps:
-        raise ConfigError(
-            f"n_max {cfg.n_max} exceeds the DDPM's {schedule.num_timesteps} timesteps"
-        )
     model, smeta = load_segmenter(cfg.init, device)
     a = cfg.aug
-    if a.crop is None and a.resize is None:
-        raise ConfigError("PTL batches translations: set aug.crop or aug.resize to a fixed size")
     tf = train_transform(
         crop=tuple(a.crop) if a.crop else None,
         resize=tuple(a.resize) if a.resize else None,
         scale=tuple(a.scale) if a.scale else None,
         hflip=a.hflip,
     )
-    ds = FolderDataset(cfg.source.root, cfg.source.split, "required", tf, seed=cfg.seed)
-    if smeta["num_classes"] != ds.classes.num_classes:
-        raise ValueError(
-            f"wrong class count: {cfg.init} predicts {smeta['num_classes']} classes, "
-            f"{cfg.source.root} has {ds.classes.num_classes}"
-        )
+    ds = src_scan.dataset(tf, seed=cfg.seed)
     levels = cfg.levels()
     total_iters = len(levels) * cfg.iterations_per_domain
     nm = None
@@ -209,12 +259,12 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         m = load_checkpoint(last, {"model": trainer.model}, trainer.optimizer, device=device)
         start_k = int(m["domain"])
         run.logger.info("resuming after domain %d of %d", start_k, len(levels))
+        run.resume_point = f"the checkpoint after domain {start_k}"
+    run.start()
     hist_path = run.path / "domains.json"
     history = read_json(hist_path)[:start_k] if hist_path.is_file() else []
-    val_ds = (
-        FolderDataset(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
-    )
-    strip_ds = FolderDataset(cfg.source.root, cfg.source.split, "required", Resize(*_fixed_size(a)))
+    val_ds = val_scan.dataset() if val_scan is not None else None
+    strip_ds = src_scan.dataset(Resize(*_fixed_size(a)))
     strip_idx = list(range(min(cfg.strip_images, len(strip_ds))))
     run.logger.info(
         "PTL: %d domains (n = %s), %d iterations each, translation cost %d reverse image-steps",
@@ -223,13 +273,8 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
         cfg.iterations_per_domain,
         cfg.cost(),
     )
-    bar = tqdm(
-        total=len(levels),
-        initial=start_k,
-        desc="PTL",
-        unit="domain",
-        disable=not progress,
-        dynamic_ncols=True,
+    bar = Progress(
+        len(levels), start_k, "ptl", enabled=progress, unit="domain", logger=run.logger, run=run
     )
     t_run = time.perf_counter()
     imgs_done = 0
@@ -268,9 +313,9 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
             last, {"model": trainer.model}, trainer.optimizer, meta | {"domain": k + 1, "n": n}
         )
         write_json(hist_path, history)
+        run.resume_point = f"the checkpoint after domain {k + 1}"
         el = time.perf_counter() - t_run
-        bar.set_postfix(n=n, loss=f"{rec['loss']:.3f}", img_s=f"{imgs_done / max(el, 1e-9):.2f}")
-        bar.update(1)
+        bar.update(1, n=n, loss=rec["loss"], img_s=imgs_done / max(el, 1e-9))
         run.logger.info(
             "domain %d/%d n=%d loss %.4f (%.1fs)",
             k + 1,

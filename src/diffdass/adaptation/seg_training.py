@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.config import (
@@ -34,12 +33,14 @@ from diffdass.data.folder import (
     StreamDataset,
     collate_items,
 )
+from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
+from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
@@ -238,21 +239,46 @@ def segmenter_meta(cfg_model: SegModelConfig, num_classes: int, class_names) -> 
     return {"arch": cfg_model.arch, "num_classes": num_classes, "class_names": list(class_names)}
 
 
+#: what a train-seg run may change when it is resumed (nothing that changes the weights)
+RESUME_IGNORE = ("num_workers", "checkpoint_every")
+ITERATIONS_HINT = {
+    "iterations": "the poly learning-rate schedule depends on the total number of "
+    "iterations, so a segmenter run can be neither shortened nor extended (its weights would "
+    "differ from a run trained for the new total): resume it with its own --iterations, or "
+    "train the new total into a new output directory"
+}
+
+
+def preflight(cfg: TrainSegConfig) -> SplitScan:
+    """Everything :func:`train_segmenter` can check before it writes or trains: the config
+    and every file of the source split (:func:`~diffdass.data.scan.scan_split`)."""
+    validate_tree(cfg)
+    return scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
+
+
 def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True) -> dict:
     """Train on ``cfg.source``; resumes from ``out/checkpoints/last.safetensors``.
 
     Writes ``out/checkpoints/final.safetensors`` (weights only, with arch metadata) and
-    ``out/metrics.json``; returns the metrics.
+    ``out/metrics.json``; returns the metrics. The config and the data are checked before
+    anything is written (docs/run_directories.md).
     """
     validate_tree(cfg)
-    run = RunDir(out, "train-seg").open(
-        cfg, resume_ignore=("iterations", "num_workers", "checkpoint_every")
-    )
+    run = RunDir(out, "train-seg")
+    run.check(cfg, RESUME_IGNORE, ITERATIONS_HINT)
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
-        run.logger.info("already trained: %s", final)
+        with run.open(cfg, RESUME_IGNORE, ITERATIONS_HINT):
+            run.logger.info("already trained: %s", final)
         return done
+    scan = preflight(cfg)
+    with run.open(cfg, RESUME_IGNORE, ITERATIONS_HINT):
+        return _train(cfg, run, scan, progress)
+
+
+def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) -> dict:
+    final = run.ckpt_dir / "final.safetensors"
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     a = cfg.aug
@@ -262,9 +288,7 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
         scale=tuple(a.scale) if a.scale else None,
         hflip=a.hflip,
     )
-    ds = FolderDataset(
-        cfg.source.root, cfg.source.split, "required", tf, cfg.on_error, seed=cfg.seed
-    )
+    ds = scan.dataset(tf, seed=cfg.seed)
     model = build_segmenter(
         cfg.model.arch, ds.classes.num_classes, pretrained=_pretrained(cfg.model.pretrained)
     )
@@ -279,17 +303,18 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
     meta = segmenter_meta(cfg.model, ds.classes.num_classes, ds.classes.names)
     last = run.ckpt_dir / "last.safetensors"
     start = trainer.load(last) if last.is_file() else 0
+    if start > cfg.iterations:  # a run of an older version, which did not record this
+        raise ConfigError(
+            f"{run.path}: has trained {start} iterations, more than iterations={cfg.iterations}; "
+            + ITERATIONS_HINT["iterations"]
+        )
     if start:
         run.logger.info("resuming from iteration %d", start)
-    history = _load_history(run.path)
+        run.resume_point = f"the checkpoint at iteration {start}"
+    run.start()
+    history = _load_history(run.path)[:start]
     loader = make_loader(ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers)
-    bar = tqdm(
-        total=cfg.iterations,
-        initial=start,
-        desc="train-seg",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = Progress(cfg.iterations, start, "train-seg", enabled=progress, logger=run.logger, run=run)
     t0, seen = time.perf_counter(), 0
     it = start
     for it, batch in enumerate(loader, start=start):
@@ -297,15 +322,12 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
         stats = trainer.step(it, [(batch["image"], batch["label"])])
         seen += batch["image"].shape[0]
         ips = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", img_s=f"{ips:.1f}")
-        bar.update(1)
         history.append((it, stats["loss"]))
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
             trainer.save(last, it + 1, meta)
             _save_history(run.path, history)
-            run.logger.info(
-                "iteration %d loss %.4f lr %.3e %.1f img/s", it + 1, stats["loss"], stats["lr"], ips
-            )
+            run.resume_point = f"the checkpoint at iteration {it + 1}"
+        bar.update(1, loss=stats["loss"], lr=stats["lr"], img_s=ips)
     bar.close()
     if ds.skipped:
         run.logger.warning("skipped %d bad samples: %s", len(ds.skipped), ds.skipped)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from diffdass.data.folder import DomainSpec, FolderDataset, tensor_to_image
+from diffdass.data.folder import DomainSpec, tensor_to_image
 from diffdass.data.labels import colorize
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.guidance import build_guidance
@@ -25,6 +24,7 @@ from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import save_image
+from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed
 
 
@@ -210,37 +210,88 @@ def preview_sheet(rows: list[list[np.ndarray]]) -> np.ndarray:
     return sheet
 
 
-def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = True) -> dict:
-    """Translate ``cfg.source`` and write ``out/dataset`` (folder format) and ``out/previews``."""
+#: what a translation may change when resumed (the translated images do not depend on them)
+RESUME_IGNORE = ("limit", "preview")
+
+
+def preflight(cfg: TranslateConfig):
+    """The config, every file of the source split and the checkpoints, checked before
+    anything is written. Returns the scan of the source split."""
+    from diffdass.data.scan import scan_split
+    from diffdass.diffusion.training import ddpm_moments
+    from diffdass.utils.checkpoint import read_meta
+
     validate_tree(cfg)
+    scan = scan_split(cfg.source.root, cfg.source.split, "required")
+    if not Path(cfg.ddpm).is_file():
+        raise FileNotFoundError(f"{cfg.ddpm}: DDPM checkpoint not found")
+    meta = read_meta(cfg.ddpm)
+    if "unet" not in meta or "sample_size" not in meta:
+        raise ValueError(f"{cfg.ddpm}: not a diffdass DDPM checkpoint")
+    steps = int(meta.get("num_timesteps", 1000))
+    if cfg.n > steps:
+        raise ConfigError(f"n: {cfg.n} exceeds the DDPM's {steps} timesteps (1..{steps})")
+    if cfg.respace_steps is not None and cfg.respace_steps < 1:
+        raise ConfigError("respace_steps must be >= 1 (or null for all n steps)")
+    cfg.sampler.options(ddpm_moments(meta), cfg.guidance)
+    if cfg.guidance.kind != "none":
+        if not Path(cfg.segmenter).is_file():
+            raise FileNotFoundError(f"{cfg.segmenter}: segmenter checkpoint not found")
+        smeta = read_meta(cfg.segmenter)
+        if smeta.get("num_classes") not in (None, scan.classes.num_classes):
+            raise ValueError(
+                f"wrong class count: segmenter {cfg.segmenter} predicts {smeta['num_classes']} "
+                f"classes, {cfg.source.root} has {scan.classes.num_classes}"
+            )
+    return scan
+
+
+def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = True) -> dict:
+    """Translate ``cfg.source`` and write ``out/dataset`` (folder format) and ``out/previews``.
+
+    Everything is checked before the first file is written; a re-run reuses the images
+    already translated (docs/run_directories.md)."""
+    from diffdass.utils.run import RunDir
+
+    validate_tree(cfg)
+    run = RunDir(out, "translate", artifacts=("dataset/*/images/*",))
+    run.check(cfg, RESUME_IGNORE)
+    scan = preflight(cfg)
+    with run.open(cfg, RESUME_IGNORE):
+        return _translate_dataset(cfg, run, scan, progress)
+
+
+def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
     from diffdass.diffusion.training import ddpm_moments, load_ddpm
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
-    from diffdass.utils.run import RunDir
 
-    run = RunDir(out, "translate").open(cfg, resume_ignore=("limit", "preview"))
+    out = run.path
     device = resolve_device(cfg.device)
     unet, meta = load_ddpm(cfg.ddpm, device)
     moments = ddpm_moments(meta)
-    cfg.sampler.options(moments, cfg.guidance)  # fails now, not after the first batch
     size = tuple(cfg.resize) if cfg.resize else tuple(meta["sample_size"])
-    ds = FolderDataset(cfg.source.root, cfg.source.split, "required", transform=Resize(*size))
+    ds = scan.dataset(Resize(*size))
     seg = None
     if cfg.guidance.kind != "none":
         seg, smeta = load_segmenter(cfg.segmenter, device)
-        if smeta["num_classes"] != ds.classes.num_classes:
-            raise ValueError(
-                f"wrong class count: segmenter {cfg.segmenter} predicts {smeta['num_classes']} classes, "
-                f"{cfg.source.root} has {ds.classes.num_classes}"
-            )
     schedule = DDPMSchedule(num_timesteps=int(meta.get("num_timesteps", 1000)))
     dst = Path(out) / "dataset"
+    run.start()
     ds.classes.save(dst)
     split = cfg.source.split
     n_items = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
     bs = cfg.batch_size
     t0, done, skipped = time.perf_counter(), 0, 0
-    bar = tqdm(total=n_items, desc=f"translate n={cfg.n}", disable=not progress, dynamic_ncols=True)
+    bar = Progress(
+        n_items,
+        0,
+        f"translate n={cfg.n}",
+        enabled=progress,
+        unit="image",
+        logger=run.logger,
+        run=run,
+    )
     preview_rows: list[list[np.ndarray]] = []
     for b, start in enumerate(range(0, n_items, bs)):
         idx = list(range(start, min(start + bs, n_items)))

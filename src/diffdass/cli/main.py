@@ -190,7 +190,7 @@ def evaluate(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
     """Confusion-matrix mIoU (19/16/13 classes), per-class IoU, colourised predictions."""
-    from diffdass.data.folder import FolderDataset
+    from diffdass.data.scan import scan_split
     from diffdass.evaluation.evaluate import evaluate as run_eval
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
@@ -202,10 +202,10 @@ def evaluate(
             f"{out}: is the run directory of another command (it holds config.yaml); "
             f"evaluate would replace its metrics.json -- use --out {out / 'eval'} instead"
         )
+    size = _parse_size(input_size)
+    ds = scan_split(root, split, "required").dataset()  # every file checked before the model runs
     dev = resolve_device(device)
     model, meta = load_segmenter(checkpoint, dev)
-    ds = FolderDataset(root, split, labels="required")
-    size = _parse_size(input_size)
     res = run_eval(
         model,
         ds,

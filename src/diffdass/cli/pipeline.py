@@ -15,7 +15,7 @@ from pathlib import Path
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.adaptation.stage_metrics import StageMetricsSpec, measure_stages
-from diffdass.data.folder import DomainSpec, FolderDataset
+from diffdass.data.folder import DomainSpec
 from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import read_json, write_json
@@ -86,10 +86,83 @@ def _fill(cfg: PipelineConfig) -> PipelineConfig:
     for stage in (cfg.source_only, cfg.ddpm, cfg.ptl):
         stage.seed = cfg.seed
         stage.device = cfg.device
+    # the source split is shared: source_only.on_error decides for PTL's reads of it too
+    cfg.ptl.on_error = cfg.source_only.on_error
     validate_tree(cfg.source_only)
     validate_tree(cfg.ddpm)
     validate_tree(cfg.ptl)
     return cfg
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """Every stage's settings that need no file, checked before any stage runs (``cfg`` as
+    :func:`_fill` leaves it)."""
+    from diffdass.adaptation.ptl import check_config as check_ptl
+
+    check_ptl(cfg.ptl)
+    if cfg.ptl.n_max > cfg.ddpm.num_timesteps:
+        raise ConfigError(
+            f"ptl.n_max {cfg.ptl.n_max} exceeds ddpm.num_timesteps {cfg.ddpm.num_timesteps}"
+        )
+    if cfg.evaluation.input_size is not None and (
+        len(cfg.evaluation.input_size) != 2 or min(cfg.evaluation.input_size) <= 0
+    ):
+        raise ConfigError(
+            f"evaluation.input_size: expected [H, W], got {cfg.evaluation.input_size}"
+        )
+
+
+def scan_data(cfg: PipelineConfig) -> dict:
+    """Every split the stages will read, checked up front (diffdass.data.scan)."""
+    from diffdass.data.scan import scan_split
+
+    on_error = cfg.source_only.on_error
+    scans = {
+        "source": scan_split(cfg.source.root, cfg.source.split, "required", on_error),
+        "target": scan_split(cfg.target.root, cfg.target.split, "none"),
+        "val": scan_split(cfg.val.root, cfg.val.split, "required"),
+    }
+    if cfg.oracle is not None:
+        scans["oracle"] = scan_split(cfg.oracle.root, cfg.oracle.split, "required", on_error)
+    return scans
+
+
+#: files that show a pipeline's stage started, and the stages that build on it: a section's
+#: settings may change while neither it nor a stage after it has produced anything
+_STAGE_OUTPUTS = {
+    "source_only": ("source_only/checkpoints/*", "source_only/metrics.json"),
+    "oracle": ("oracle/checkpoints/*", "oracle/metrics.json"),
+    "adabn": ("adabn/checkpoints/*",),
+    "ddpm": ("ddpm/checkpoints/*", "ddpm/metrics.json"),
+    "ptl": ("ptl/checkpoints/*", "ptl/metrics.json"),
+    "stage_metrics": ("stage_metrics/*.json",),
+}
+_DEPENDENTS = {
+    "source_only": ("source_only", "oracle", "adabn", "ptl", "stage_metrics"),
+    "ddpm": ("ddpm", "ptl", "stage_metrics"),
+    "ptl": ("ptl", "stage_metrics"),
+    "stage_metrics": ("stage_metrics",),
+}
+PIPELINE_ARTIFACTS = (
+    "summary.json",
+    "*/eval/metrics.json",
+    *(p for pats in _STAGE_OUTPUTS.values() for p in pats),
+)
+
+
+def _unstarted_sections(out: Path):
+    """``allow(diff)`` for :meth:`RunDir.check`: a changed key of a stage section is fine while
+    that stage and the ones after it have not started."""
+
+    def started(stage: str) -> bool:
+        return any(p.is_file() for pat in _STAGE_OUTPUTS[stage] for p in out.glob(pat))
+
+    def allow(diff: str) -> bool:
+        section = diff.split(":", 1)[0].split(".", 1)[0]
+        deps = _DEPENDENTS.get(section)
+        return deps is not None and not any(started(s) for s in deps)
+
+    return allow
 
 
 def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, device: str) -> dict:
@@ -103,7 +176,9 @@ def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, de
         return read_json(mpath)
     dev = resolve_device(device)
     model, _ = load_segmenter(ckpt, dev)
-    ds = FolderDataset(val.root, val.split, "required")
+    from diffdass.data.scan import scan_split
+
+    ds = scan_split(val.root, val.split, "required").dataset()
     res = evaluate(
         model,
         ds,
@@ -144,7 +219,9 @@ def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict
             return None
         size = cfg.evaluation.input_size
         tf = Resize(*size) if size else None
-        ds = FolderDataset(cfg.target.root, cfg.target.split, "none", transform=tf)
+        from diffdass.data.scan import scan_split
+
+        ds = scan_split(cfg.target.root, cfg.target.split, "none").dataset(tf)
         loader = torch.utils.data.DataLoader(
             ds, batch_size=max(2, cfg.source_only.batch_size), shuffle=False
         )
@@ -155,17 +232,25 @@ def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict
 
 
 def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict:
-    """Run every stage; returns the summary written to ``<out>/summary.json``."""
+    """Run every stage; returns the summary written to ``<out>/summary.json``.
+
+    Before any stage runs, every stage's settings and every split the stages will read are
+    checked, so a mistake fails in seconds, not after hours (docs/run_directories.md).
+    """
     out = Path(cfg.out)
-    run = RunDir(out, "run")
+    cfg = _fill(cfg)
+    check_config(cfg)
+    run = RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS)
+    allow = _unstarted_sections(out)
+    run.check(cfg, (), allow=allow)
     times: dict[str, float] = {}
-    summary_path = out / "summary.json"
     if (out / "stage_seconds.json").is_file():
         times.update(read_json(out / "stage_seconds.json"))
 
     def stage(name, fn):
         """Run one stage; its wall time accumulates over resumed invocations."""
         echo(f"[diffdass] stage: {name}")
+        run.position = f"stage {name}"
         t = time.perf_counter()
         res = fn()
         times[name] = times.get(name, 0.0) + (time.perf_counter() - t)
@@ -190,8 +275,16 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
                 progress=progress,
             ),
         )
-    cfg = _fill(cfg)
-    run.open(cfg, resume_ignore=())
+    scan_data(cfg)
+    with run.open(cfg, (), allow=allow):
+        run.resume_point = "the finished stages and the interrupted stage's last checkpoint"
+        run.start()
+        return _run_stages(cfg, out, run, stage, times, progress)
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progress) -> dict:
+    """The stages after the benchmark; ``stage(name, fn)`` times one into ``times``."""
+    summary_path = out / "summary.json"
     ev, dev = cfg.evaluation, cfg.device
     stage("source_only", lambda: train_segmenter(cfg.source_only, out / "source_only", progress))
     g0 = out / "source_only" / "checkpoints" / "final.safetensors"

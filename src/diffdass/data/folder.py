@@ -211,6 +211,9 @@ class FolderDataset(torch.utils.data.Dataset):
     :meth:`note_skipped` in the main process.
 
     Augmentation is deterministic given ``(seed, epoch, index)``: call :meth:`set_epoch`.
+
+    The stages build their datasets from :func:`diffdass.data.scan.scan_split`, which checks
+    every file before training (and, with ``on_error="skip"``, leaves the bad ones out).
     """
 
     def __init__(
@@ -222,13 +225,17 @@ class FolderDataset(torch.utils.data.Dataset):
         on_error: str = "raise",
         seed: int = 0,
         classes: ClassInfo | None = None,
+        samples: list[Sample] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root = Path(root)
         self.split = split
         self.classes = classes or ClassInfo.load(self.root)
-        self.samples = list_samples(self.root, split, labels)
+        # ``samples``: an already checked list (diffdass.data.scan), bad samples left out
+        self.samples = list(samples) if samples is not None else list_samples(root, split, labels)
+        if not self.samples:
+            raise DataError(f"{self.root / split}: no usable sample")
         self.transform = transform
         self.on_error = on_error
         self.seed = seed

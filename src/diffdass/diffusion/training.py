@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from diffdass.data.folder import (
     DomainSpec,
@@ -26,6 +25,7 @@ from diffdass.data.folder import (
     StreamDataset,
     tensor_to_image,
 )
+from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize, train_transform
 from diffdass.diffusion.moments import EpsMoments, estimate_eps_moments
 from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, reverse
@@ -36,6 +36,7 @@ from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoin
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
 from diffdass.utils.io import save_image
+from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
@@ -163,26 +164,57 @@ def sample_grid(
     return grid
 
 
-def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> dict:
-    """Train (or resume) the target DDPM; writes ``checkpoints/final.safetensors``."""
+#: what a DDPM run may change when resumed; ``iterations`` may grow (the lr is constant after
+#: warm-up, so an extended run equals a straight one), never shrink below what was trained
+RESUME_IGNORE = (
+    "iterations",
+    "num_workers",
+    "checkpoint_every",
+    "sample_every",
+    "snapshot_every",
+)
+
+
+def preflight(cfg: TrainDDPMConfig) -> SplitScan:
+    """The config and every image of the target split, checked before anything is written."""
     validate_tree(cfg)
-    run = RunDir(out, "train-ddpm").open(
-        cfg,
-        resume_ignore=(
-            "iterations",
-            "num_workers",
-            "checkpoint_every",
-            "sample_every",
-            "snapshot_every",
-        ),
-    )
+    return scan_split(cfg.target.root, cfg.target.split, "none")
+
+
+def trained_iterations(run_path: str | Path) -> int:
+    """Iterations a DDPM run directory has trained (0 without a checkpoint)."""
+    last = Path(run_path) / "checkpoints" / "last.safetensors"
+    return int(read_meta(last).get("iteration", 0)) if last.is_file() else 0
+
+
+def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train (or resume, or extend) the target DDPM; writes ``checkpoints/final.safetensors``."""
+    validate_tree(cfg)
+    run = RunDir(out, "train-ddpm")
+    run.check(cfg, RESUME_IGNORE)
+    trained = trained_iterations(run.path)
+    if trained > cfg.iterations:
+        raise ConfigError(
+            f"{run.path}: this DDPM has trained {trained} iterations; iterations={cfg.iterations} "
+            "would shrink it, and its checkpoints would be mislabelled -- keep "
+            f"--iterations {trained} (or more, to extend it), use one of its snapshots "
+            "(snapshot_every), or train the shorter run into a new output directory"
+        )
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
-        if read_meta(final).get("eps_moments") is None:  # a checkpoint of an older version
-            _add_moments(cfg, final, run)
-        run.logger.info("already trained: %s", final)
+        with run.open(cfg, RESUME_IGNORE):
+            if read_meta(final).get("eps_moments") is None:  # a checkpoint of an older version
+                _add_moments(cfg, final, run)
+            run.logger.info("already trained: %s", final)
         return done
+    scan = preflight(cfg)
+    with run.open(cfg, RESUME_IGNORE):
+        return _train(cfg, run, scan, progress)
+
+
+def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -> dict:
+    final = run.ckpt_dir / "final.safetensors"
     device = resolve_device(cfg.device)
     tf = train_transform(
         crop=tuple(cfg.crop) if cfg.crop else None,
@@ -190,15 +222,11 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         scale=None,
         hflip=cfg.hflip,
     )
-    ds = FolderDataset(
-        cfg.target.root, cfg.target.split, labels="none", transform=tf, seed=cfg.seed
-    )
+    ds = scan.dataset(tf, seed=cfg.seed)
     # the resolution translation runs at and preview grids are drawn at
-    full = FolderDataset(cfg.target.root, cfg.target.split, labels="none")
+    full = scan.dataset()
     size = tuple(cfg.resize) if cfg.resize else tuple(full[0]["image"].shape[-2:])
-    full_sized = FolderDataset(
-        cfg.target.root, cfg.target.split, labels="none", transform=Resize(*size)
-    )
+    full_sized = scan.dataset(Resize(*size))
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, sample_size=size).to(device)
     ema = EMA(unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
@@ -216,18 +244,16 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         ema.step = int(m["ema_updates"])
         start = int(m["iteration"])
         run.logger.info("resuming from iteration %d", start)
+        run.resume_point = f"the checkpoint at iteration {start}"
+    run.start()
     loader = torch.utils.data.DataLoader(
         StreamDataset(ds),
         batch_sampler=StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations),
         num_workers=cfg.num_workers,
     )
     amp = cfg.amp and device.type == "cuda"
-    bar = tqdm(
-        total=cfg.iterations,
-        initial=start,
-        desc="train-ddpm",
-        disable=not progress,
-        dynamic_ncols=True,
+    bar = Progress(
+        cfg.iterations, start, "train-ddpm", enabled=progress, logger=run.logger, run=run
     )
     losses: list[float] = []
     t0, seen = time.perf_counter(), 0
@@ -262,8 +288,6 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
         losses.append(loss.item())
         seen += x0.shape[0]
         ips = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{ips:.1f}")
-        bar.update(1)
         step = it + 1
         if step % cfg.sample_every == 0 or step == cfg.iterations:
             ema_model = ema.module_copy(unet).eval()
@@ -288,7 +312,8 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
             )
         if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
             save(last, step)
-            run.logger.info("iteration %d loss %.4f %.1f img/s", step, loss.item(), ips)
+            run.resume_point = f"the checkpoint at iteration {step}"
+        bar.update(1, loss=loss.item(), lr=lr, img_s=ips)
     bar.close()
     save(last, cfg.iterations)
     moments = estimate_moments(ema.module_copy(unet).eval(), full_sized, schedule, device, cfg.seed)

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from diffdass.data.folder import FolderDataset
 from diffdass.data.labels import CLASS_SETS, colorize
 from diffdass.evaluation.metrics import ConfusionMatrix
 from diffdass.utils.io import save_image
+from diffdass.utils.progress import Progress
 
 
 def resolve_class_sets(
@@ -87,7 +87,8 @@ def evaluate(
     saved = 0
     t0 = time.perf_counter()
     fwd_seconds: list[float] = []  # model forward + upsampling per image (Table 4)
-    for i in tqdm(range(len(dataset)), desc="evaluate", disable=not progress, dynamic_ncols=True):
+    bar = Progress(len(dataset), 0, "evaluate", enabled=progress, unit="image")
+    for i in range(len(dataset)):
         item = dataset[i]
         img = item["image"][None].to(device)
         lbl = item["label"]
@@ -105,6 +106,8 @@ def evaluate(
                 colorize(pred.numpy().astype(np.uint8), dataset.classes.palette),
             )
             saved += 1
+        bar.update(1)
+    bar.close()
     iou = cm.iou() * 100
     out = {
         "miou": {name: float(cm.miou(ids)) * 100 for name, ids in sets.items()},

@@ -3,9 +3,10 @@ checkpoints into one directory, so a result can always be traced and resumed.
 
 ::
 
-    RUN/config.yaml       resolved configuration (defaults < YAML < flags)
+    RUN/config.yaml       resolved configuration (defaults < YAML < flags), written once the
+                          stage really starts (see docs/run_directories.md)
     RUN/git.txt           git revision (and "dirty" if the tree had changes) of the code
-    RUN/run.log           log of every invocation (appended on resume)
+    RUN/run.log           log of every invocation of this stage (appended on resume)
     RUN/metrics.json      final metrics of the stage
     RUN/checkpoints/      safetensors checkpoints (``last.safetensors`` and named ones)
 """
@@ -50,54 +51,181 @@ def git_revision(cwd: str | Path | None = None) -> str:
 
 
 class RunDir:
-    """A stage's output directory.
+    """A stage's output directory (the contract: docs/run_directories.md).
 
-    ``strict_config=True`` (default) refuses to resume a run whose saved config differs
-    from the new one in anything but ``ignore_keys`` (e.g. the number of iterations may
-    grow), because mixing two configs in one run would make its results meaningless.
+    Life of a run directory:
+
+    1. :meth:`check` (reads only): refuses a folder that holds another command's output, and
+       a *started* run (:meth:`started`: a checkpoint, ``metrics.json`` or one of the stage's
+       ``artifacts`` exists) whose saved config differs from the new one in anything but
+       ``resume_ignore`` -- mixing two configs in one run would make its results meaningless.
+       A folder whose stage never started takes any config.
+    2. :meth:`open`: creates the folder and logs to ``run.log`` (until :meth:`close`).
+    3. :meth:`start`: records ``config.yaml`` and ``git.txt``; a stage calls it right before
+       its first real work, so a failed attempt (bad data, bad settings) never locks the
+       folder. :meth:`write_metrics` starts the run too.
     """
 
-    def __init__(self, path: str | Path, stage: str) -> None:
+    #: relative glob patterns whose match marks a started run (besides the defaults)
+    DEFAULT_ARTIFACTS: tuple[str, ...] = ("metrics.json", "checkpoints/*")
+
+    def __init__(self, path: str | Path, stage: str, artifacts: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.stage = stage
         self.ckpt_dir = self.path / "checkpoints"
+        self.artifacts = self.DEFAULT_ARTIFACTS + tuple(artifacts)
+        self.logger = logging.getLogger(f"diffdass.{stage}")
+        self.position: str | None = None  # e.g. "iteration 9 of 12" (for an interrupt)
+        self.resume_point: str | None = None  # e.g. "iteration 8" (the last checkpoint)
+        self._config = None
+        self._handler: logging.Handler | None = None
 
-    def open(self, config, resume_ignore: tuple[str, ...] = ()) -> RunDir:
+    # ---------------------------------------------------------------- state
+    def evidence(self) -> list[str]:
+        """The files that show this stage has started (relative paths)."""
+        found = []
+        for pattern in self.artifacts:
+            found += sorted(
+                str(p.relative_to(self.path))
+                for p in self.path.glob(pattern)
+                if p.is_file() and not p.name.startswith(".")  # not a temporary file
+            )
+        return found
+
+    def started(self) -> bool:
+        return bool(self.evidence())
+
+    def config_diff(self, config, resume_ignore: tuple[str, ...] = ()) -> list[str]:
+        """Differences of ``config`` to the saved ``config.yaml`` (none without one)."""
+        cfg_path = self.path / "config.yaml"
+        if not cfg_path.is_file():
+            return []
+        import yaml
+
+        old_d = yaml.safe_load(cfg_path.read_text()) or {}
+        new_d = to_dict(config)
+        try:  # keys a newer version added count as unchanged when they keep their default
+            defaults = to_dict(type(config)())
+        except TypeError:
+            defaults = {}
+        return _diff(old_d, new_d, ignore=resume_ignore, defaults=defaults)
+
+    def check(
+        self,
+        config,
+        resume_ignore: tuple[str, ...] = (),
+        hints: dict[str, str] | None = None,
+        allow=None,
+    ) -> None:
+        """Refuse what :meth:`open` must not take (see the class docstring); writes nothing.
+
+        ``hints``: advice appended when a key differs; ``allow(key)``: a difference in
+        ``key`` is accepted (e.g. the settings of a pipeline stage that has not started).
+        """
         if self.metrics_path.is_file() and not is_run_dir(self.path):
             raise ConfigError(
                 f"{self.path}: holds the output of another command (metrics.json but no "
                 f"config.yaml); {self.stage} would overwrite it -- use a new output directory"
             )
+        evidence = self.evidence()
+        if not evidence:
+            return  # nothing was produced under the saved config: a new attempt may differ
+        diff = [d for d in self.config_diff(config, resume_ignore) if not (allow and allow(d))]
+        if diff:
+            keys = {d.split(":", 1)[0] for d in diff}
+            advice = "".join(f"; {hints[k]}" for k in sorted(keys) if hints and k in hints)
+            shown = "; ".join(diff[:5]) + (f"; ... ({len(diff) - 5} more)" if len(diff) > 5 else "")
+            raise ConfigError(
+                f"{self.path}: holds a {self.stage} run with a different config ({shown})"
+                f"{advice}; it has started ({', '.join(evidence[:3])}), so it can only be resumed "
+                "with its own settings -- use a new output directory (-o NEW_DIR), restore the "
+                f"old settings (see {self.path / 'config.yaml'}) to resume it, or delete "
+                f"{self.path} to start over"
+            )
+
+    # ------------------------------------------------------------- lifecycle
+    def open(
+        self,
+        config,
+        resume_ignore: tuple[str, ...] = (),
+        hints: dict[str, str] | None = None,
+        allow=None,
+    ) -> RunDir:
+        """:meth:`check`, then create the folder and log to ``run.log``."""
+        self.check(config, resume_ignore, hints, allow)
         self.path.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
-        cfg_path = self.path / "config.yaml"
-        new = dump_yaml(config)
-        if cfg_path.is_file():
-            import yaml
-
-            old_d = yaml.safe_load(cfg_path.read_text()) or {}
-            new_d = to_dict(config)
-            try:  # keys a newer version added count as unchanged when they keep their default
-                defaults = to_dict(type(config)())
-            except TypeError:
-                defaults = {}
-            diff = _diff(old_d, new_d, ignore=resume_ignore, defaults=defaults)
-            if diff:
-                raise ConfigError(
-                    f"{self.path}: holds a run with a different config ({'; '.join(diff[:5])}); "
-                    "use a new output directory or restore the old settings"
-                )
-        atomic_write_text(cfg_path, new)
-        atomic_write_text(self.path / "git.txt", git_revision() + "\n")
-        self.logger = setup_logging(self.path / "run.log", name=f"diffdass.{self.stage}")
+        self._config = config
+        self.logger = self._attach_log()
         self.logger.info("%s: %s (git %s)", self.stage, " ".join(sys.argv), git_revision())
         return self
+
+    def start(self) -> None:
+        """Record ``config.yaml`` and ``git.txt``: the stage's first real work begins."""
+        if self._config is None:
+            return
+        atomic_write_text(self.path / "config.yaml", dump_yaml(self._config))
+        atomic_write_text(self.path / "git.txt", git_revision() + "\n")
+        self._config = None
+
+    def close(self) -> None:
+        """Stop logging to ``run.log`` (later stages' lines stay out of it)."""
+        if self._handler is not None:
+            logging.getLogger("diffdass").removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                where = self.position or "before its first step"
+                how = (
+                    f"it continues from {self.resume_point}"
+                    if self.resume_point
+                    else "it starts again from the beginning (no checkpoint yet)"
+                )
+                self.logger.warning(
+                    "%s interrupted at %s; re-run the same command with the same output "
+                    "folder and settings to resume: %s",
+                    self.stage,
+                    where,
+                    how,
+                )
+            elif exc is not None:
+                self._log_to_files(
+                    logging.ERROR, f"{self.stage} failed: {type(exc).__name__}: {exc}"
+                )
+        finally:
+            self.close()
+
+    def _attach_log(self) -> logging.Logger:
+        setup_logging(None)  # the console handler
+        root = logging.getLogger("diffdass")
+        log_file = str((self.path / "run.log").resolve())
+        self.close()
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(_FORMAT)
+        fh._diffdass_file = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+        self._handler = fh
+        return logging.getLogger(f"diffdass.{self.stage}")
+
+    def _log_to_files(self, level: int, msg: str) -> None:
+        """A record for the open ``run.log`` files only (the console shows the error itself)."""
+        record = self.logger.makeRecord(self.logger.name, level, __file__, 0, msg, (), None)
+        for h in logging.getLogger("diffdass").handlers:
+            if getattr(h, "_diffdass_file", False):
+                h.handle(record)
 
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.json"
 
     def write_metrics(self, metrics: dict) -> Path:
+        self.start()
         return write_json(self.metrics_path, metrics)
 
     def read_metrics(self) -> dict | None:
@@ -131,11 +259,17 @@ def _diff(old, new, ignore=(), prefix="", defaults=None) -> list[str]:
     return out
 
 
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
 def setup_logging(log_file: str | Path | None = None, name: str = "diffdass") -> logging.Logger:
-    """Log to ``log_file`` (appending) and to stderr. Idempotent per file."""
+    """Log to ``log_file`` (appending) and warnings to stderr. Idempotent per file.
+
+    A :class:`RunDir` attaches its own ``run.log`` handler and removes it when its stage ends;
+    a handler added here stays until the process ends."""
     root = logging.getLogger("diffdass")
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = _FORMAT
     if not any(getattr(h, "_diffdass_console", False) for h in root.handlers):
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)

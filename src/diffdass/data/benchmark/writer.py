@@ -163,11 +163,13 @@ def _hash_listing(entries: list[tuple[str, str]]) -> str:
 
 
 def content_hash(root: str | Path) -> str:
-    """Recompute the content hash of a generated root (every file but ``benchmark.json``)."""
+    """Recompute the content hash of a generated root: every file but ``benchmark.json`` and
+    hidden files (``.diffdass_scan.json``, the data scan's cache, is written into dataset
+    roots by the stages that read them)."""
     root = Path(root)
     entries = []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "benchmark.json":
+        if p.is_file() and p.name != "benchmark.json" and not p.name.startswith("."):
             entries.append(
                 (p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
             )

@@ -1,0 +1,612 @@
+"""CICLD training (Yu, Sun, Luo): losses, ClassMix, EMA student, the three-phase loop.
+
+One run trains three consecutive phases, each a range of the global iteration index ``it``:
+
+1. ``ae`` (``ae_iterations``; paper Sec. 3.5, pre-training stage 1): the KL autoencoder on
+   source and target images: L1 reconstruction (latent-only decoding, skips zeroed) +
+   ``ae_kl_weight`` KL(q(z|x) || N(0, I)) + ``ae_adv_weight`` hinge PatchGAN term. No
+   perceptual term (it needs pretrained weights; see docs/cicld.md).
+2. ``ldm`` (``ldm_iterations``; stage 2): the latent UNet on posterior samples of source
+   and target latents, unconditioned (Eq. 6 with ``c = 0``), the autoencoder frozen.
+3. ``adapt`` (``iterations``; fine-tuning / UDA, Sec. 3.2-3.4): per step
+   (a) pseudo-labels of the target images from the EMA model ("student" in the paper),
+   (b) ClassMix ``x^{s+t}``, ``y^{s+t}``, (c) a forward of source, mixed and target images
+   through E -> noising -> conditioned DDIM denoising -> D -> f_cls,
+   (d) ``L = w_cls L_cls (Eq. 7, source + mixed) + w_dif L_Dif (Eq. 6, source, mixed, target)
+   + w_adv L_adv`` (encoder side of Eq. 8, KL to uniform) on the trained model ("teacher"),
+   (e) one discriminator step (Eq. 8, cross-entropy on domain labels), (f) the EMA update.
+
+The EMA model is updated after every step of every phase (decay ``ema_decay``, 0.999).
+One Adam optimiser (lr 6e-5) holds three parameter groups: ``model`` (E, D, f_cls, f_mask,
+UNet), ``dis`` (the latent discriminator) and ``patch_dis`` (stage-1 discriminator); a
+group whose parameters got no gradient in a sub-step is left untouched by Adam.
+
+Reproducibility: batch order and augmentation of iteration ``it`` depend only on
+``(seed, it)`` (:class:`~diffdass.data.folder.StreamBatchSampler`), and every random draw
+of a step comes from generators seeded with ``(seed, it, stream)``; a resumed run ends with
+the same weights as an uninterrupted one (bit for bit on CPU).
+
+Naming: the paper calls the gradient-trained model the *teacher* and its EMA the
+*student* (used for pseudo-labels and inference); the code says ``net`` and ``ema_net``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffdass.adaptation.config import AugConfig
+from diffdass.adaptation.seg_training import ce_loss, step_seed
+from diffdass.data.folder import DomainSpec, StreamBatchSampler, StreamDataset, collate_items
+from diffdass.data.scan import scan_split
+from diffdass.data.transforms import train_transform
+from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.models.cicld import (
+    IGNORE_INDEX,
+    CICLDModelConfig,
+    CICLDNet,
+    CICLDSegmenter,
+    LatentDiscriminator,
+    PatchDiscriminator,
+)
+from diffdass.models.ema import EMA
+from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from diffdass.utils.config import ConfigError, from_dict, to_dict, validate_tree
+from diffdass.utils.device import resolve_device
+from diffdass.utils.io import read_json, write_json
+from diffdass.utils.progress import Progress
+from diffdass.utils.run import RunDir
+
+PHASES = ("ae", "ldm", "adapt")
+LR_SCHEDULES = ("step", "poly", "step_poly")
+ADV_MODES = ("3class", "2class", "none")
+ADV_LATENTS = ("encoder", "denoising", "all")
+
+
+# ===================================================================== config
+@dataclass
+class CICLDConfig:
+    """``train_cicld``: the CICLD pre-training and adaptation run (defaults: the paper's
+    numbers where it gives them; ours, marked "choice", where it does not)."""
+
+    source: DomainSpec = field(default_factory=DomainSpec)  # labeled
+    target: DomainSpec = field(default_factory=DomainSpec)  # unlabeled (labels not read)
+    model: CICLDModelConfig = field(default_factory=CICLDModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    # phase lengths (choice: the paper gives 50 epochs of fine-tuning, no pre-training length)
+    ae_iterations: int = 5000
+    ldm_iterations: int = 5000
+    iterations: int = 40000
+    batch_size: int = 2  # paper
+    # Adam (paper: lr 6e-5; decayed x0.99 every 5 epochs, and "polynomial" reduction)
+    lr: float = 6e-5
+    lr_schedule: str = "step"  # step | poly | step_poly (both factors)
+    lr_step_epochs: int = 5
+    lr_step_gamma: float = 0.99
+    poly_power: float = 0.9
+    epoch_iterations: int | None = None  # default: ceil(#source / batch_size)
+    ema_decay: float = 0.999  # paper's alpha
+    ema_warmup: bool = False
+    # diffusion along the segmentation path (choice: the paper does not give these)
+    noise_timestep: int = 200  # 0-based index of the noise level z_t the denoising starts at
+    train_denoise_steps: int = 2
+    infer_denoise_steps: int | None = None  # default: train_denoise_steps
+    # conditioning (choice): unlabeled images are segmented with "self" conditioning (a
+    # first unconditioned pass conditions the second) or "none"; during training each
+    # sample's condition is dropped with cond_drop_prob so the unconditioned pass is learned
+    infer_condition: str = "self"
+    cond_drop_prob: float = 0.5
+    target_condition: str = "pseudo"  # L_Dif on target latents: EMA pseudo-label | none
+    pseudo_threshold: float = 0.0  # pseudo-labels below this confidence -> ignore
+    mix_jitter: float = 0.1  # brightness/contrast jitter of the mixed image (0: off)
+    # adversarial loss (Eq. 8): 3class (paper) | 2class (ablation, fake-label CE) | none
+    adv: str = "3class"
+    adv_latents: str = "all"  # encoder z_0 | denoising trajectory | all (choice)
+    w_cls: float = 1.0
+    w_dif: float = 1.0
+    w_adv: float = 0.01  # choice (the paper gives no weight)
+    # stage-1 autoencoder (LDM's KL-f8 recipe without the perceptual term)
+    ae_kl_weight: float = 1e-6
+    ae_adv_weight: float = 0.5
+    ae_disc_start: int = 0  # phase-1 iteration from which the PatchGAN term is used
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    checkpoint_every: int = 1000
+    on_error: str = "raise"
+
+    def validate(self) -> None:
+        if not self.source.root or not self.target.root:
+            raise ConfigError("source.root and target.root are required")
+        if min(self.ae_iterations, self.ldm_iterations) < 0 or self.iterations < 1:
+            raise ConfigError("ae/ldm_iterations must be >= 0 and iterations >= 1")
+        if self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ConfigError("batch_size and checkpoint_every must be positive")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule}")
+        if self.epoch_iterations is not None and self.epoch_iterations < 1:
+            raise ConfigError("epoch_iterations must be positive")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ConfigError(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
+        if not 0 <= self.noise_timestep < 1000:
+            raise ConfigError("noise_timestep must lie in 0..999 (T = 1000)")
+        for name in ("train_denoise_steps", "infer_denoise_steps"):
+            v = getattr(self, name)
+            if v is not None and not 1 <= v <= self.noise_timestep + 1:
+                raise ConfigError(f"{name} must lie in 1..noise_timestep + 1, got {v}")
+        if self.infer_condition not in ("self", "none"):
+            raise ConfigError("infer_condition must be 'self' or 'none'")
+        if self.target_condition not in ("pseudo", "none"):
+            raise ConfigError("target_condition must be 'pseudo' or 'none'")
+        for name in ("cond_drop_prob", "pseudo_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1]")
+        if self.adv not in ADV_MODES:
+            raise ConfigError(f"adv must be one of {ADV_MODES}, got {self.adv!r}")
+        if self.adv_latents not in ADV_LATENTS:
+            raise ConfigError(f"adv_latents must be one of {ADV_LATENTS}")
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        crop = self.aug.crop or self.aug.resize
+        f = self.model.total_downsample()
+        if crop is not None and (crop[0] % f or crop[1] % f):
+            raise ConfigError(f"aug crop/resize {crop} must be divisible by {f} (E x UNet)")
+
+    @property
+    def total_iterations(self) -> int:
+        return self.ae_iterations + self.ldm_iterations + self.iterations
+
+    def phase(self, it: int) -> tuple[str, int, int]:
+        """``(phase name, iteration within the phase, phase length)`` of global ``it``."""
+        if it < self.ae_iterations:
+            return "ae", it, self.ae_iterations
+        it -= self.ae_iterations
+        if it < self.ldm_iterations:
+            return "ldm", it, self.ldm_iterations
+        return "adapt", it - self.ldm_iterations, self.iterations
+
+    def inference_steps(self) -> int:
+        return self.infer_denoise_steps or self.train_denoise_steps
+
+
+# ===================================================================== losses
+def classmix(
+    x_s: Tensor, y_s: Tensor, x_t: Tensor, y_t: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ClassMix (Olsson et al. 2021) of source into target, per sample.
+
+    For every pair, ``ceil(n / 2)`` of the ``n`` classes present in ``y_s`` (ignore pixels
+    excluded) are drawn without replacement; their pixels are pasted, image and label alike,
+    onto the target image and its (pseudo-)label ``y_t``.
+
+    Returns ``(x_mix, y_mix, mask)``, ``mask`` (B, H, W) bool: the pixels taken from source.
+    """
+    masks = []
+    for i in range(x_s.shape[0]):
+        classes = torch.unique(y_s[i].cpu())
+        classes = classes[classes != IGNORE_INDEX]
+        n = len(classes)
+        pick = classes[torch.randperm(n, generator=generator)[: (n + n % 2) // 2]]
+        masks.append(torch.isin(y_s[i], pick.to(y_s.device)))
+    mask = torch.stack(masks)
+    x_mix = torch.where(mask.unsqueeze(1), x_s, x_t)
+    y_mix = torch.where(mask, y_s, y_t)
+    return x_mix, y_mix, mask
+
+
+def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Eq. 7: pixel cross-entropy (ignore 255); exactly 0 (with a graph) when every pixel is
+    ignored, where ``F.cross_entropy`` would return NaN."""
+    if not bool((labels != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0
+    return ce_loss(logits, labels, IGNORE_INDEX)
+
+
+def pixel_jitter(x: Tensor, strength: float, generator: torch.Generator) -> Tensor:
+    """Per-image brightness shift ``U(-s, s)`` and contrast ``U(1-s, 1+s)`` around the image
+    mean, clamped to ``[-1, 1]``: ClassMix's pixel-level augmentation of the mixed image."""
+    if strength <= 0:
+        return x
+    b = x.shape[0]
+    r = torch.rand((2, b), generator=generator).to(x.device, x.dtype) * 2 - 1
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = (1 + strength * r[0]).view(-1, 1, 1, 1)
+    bright = (strength * r[1]).view(-1, 1, 1, 1)
+    return ((x - mean) * contrast + mean + bright).clamp(-1.0, 1.0)
+
+
+def pseudo_labels(logits: Tensor, threshold: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Arg-max labels of ``logits`` and their softmax confidence; pixels whose confidence is
+    below ``threshold`` get the ignore label."""
+    conf, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+    if threshold > 0:
+        labels = torch.where(conf < threshold, torch.full_like(labels, IGNORE_INDEX), labels)
+    return labels, conf
+
+
+def discriminator_loss(dis: nn.Module, latents: list[Tensor], domains: Tensor) -> Tensor:
+    """``f_dis`` side of Eq. 8: cross-entropy of the domain logits against the domain labels
+    (source 0, mixed 1, target 2), averaged over the latents of ``latents`` (each (N, ...))."""
+    return torch.stack([F.cross_entropy(dis(z), domains) for z in latents]).mean()
+
+
+def kl_to_uniform(logits: Tensor) -> Tensor:
+    """``KL(softmax(logits) || U)`` per row: ``sum_k p_k log p_k + log K`` (>= 0, 0 iff uniform)."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    return (logp.exp() * logp).sum(dim=1) + math.log(logits.shape[1])
+
+
+def encoder_adversarial_loss(dis: nn.Module, latents: list[Tensor]) -> Tensor:
+    """Encoder side of Eq. 8 (3 classes): mean ``KL(f_dis(z) || U)`` over samples and latents.
+
+    Minimising it makes the discriminator's prediction uniform (maximal entropy); the
+    discriminator's own parameters must be frozen by the caller (``requires_grad_(False)``).
+    """
+    return torch.stack([kl_to_uniform(dis(z)).mean() for z in latents]).mean()
+
+
+def fake_label_loss(dis: nn.Module, latents: list[Tensor], label: int = 0) -> Tensor:
+    """Encoder side of the two-class ablation (AdaptSegNet-style): cross-entropy of the
+    target latents against the *source* label ``label``."""
+    losses = []
+    for z in latents:
+        target = torch.full((z.shape[0],), label, dtype=torch.long, device=z.device)
+        losses.append(F.cross_entropy(dis(z), target))
+    return torch.stack(losses).mean()
+
+
+def prediction_entropy(dis: nn.Module, z: Tensor) -> Tensor:
+    """Mean entropy (nats) of the discriminator's domain distribution on ``z``."""
+    logp = torch.log_softmax(dis(z).float(), dim=1)
+    return -(logp.exp() * logp).sum(dim=1).mean()
+
+
+def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """PatchGAN discriminator hinge loss: ``mean relu(1 - D(x)) + mean relu(1 + D(x_rec))``."""
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def lr_factor(cfg: CICLDConfig, k: int, total: int, epoch_iterations: int) -> float:
+    """Learning-rate factor at iteration ``k`` of a phase of ``total`` iterations:
+    ``gamma ** floor(epoch / step_epochs)`` ("step"), ``(1 - k / total) ** power`` ("poly"),
+    or their product ("step_poly")."""
+    f = 1.0
+    if cfg.lr_schedule in ("step", "step_poly"):
+        epoch = k // max(1, epoch_iterations)
+        f *= cfg.lr_step_gamma ** (epoch // cfg.lr_step_epochs)
+    if cfg.lr_schedule in ("poly", "step_poly"):
+        f *= (1.0 - min(k, total) / max(total, 1)) ** cfg.poly_power
+    return f
+
+
+def adversarial_latents(out, which: str) -> list[Tensor]:
+    """The latents Eq. 8 is applied to: the encoder's ``z_0`` ("encoder"), the latent after
+    every denoising step ("denoising", the paper's "every denoising step"), or both ("all")."""
+    if which == "encoder":
+        return [out.z0]
+    if which == "denoising":
+        return list(out.trajectory)
+    return [out.z0, *out.trajectory]
+
+
+# ===================================================================== trainer
+class CICLDTrainer:
+    """The trained model (``net``), its EMA (``ema``/``ema_net``), the discriminators and one
+    Adam optimiser; :meth:`step` runs global iteration ``it`` of ``cfg``'s three phases."""
+
+    def __init__(
+        self, cfg: CICLDConfig, num_classes: int, device: torch.device, epoch_iterations: int
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.epoch_iterations = int(epoch_iterations)
+        torch.manual_seed(cfg.seed)
+        self.net = CICLDNet(cfg.model, num_classes, DDPMSchedule()).to(device)
+        n_dom = 2 if cfg.adv == "2class" else 3
+        m = cfg.model
+        self.dis = LatentDiscriminator(
+            m.latent_channels, tuple(m.dis_channels), n_dom, m.dis_hidden, m.norm_groups
+        ).to(device)
+        self.patch_dis = PatchDiscriminator(3, m.patch_dis_width).to(device)
+        self.ema = EMA(self.net, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        self.ema_net = self.ema.module_copy(self.net).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": list(self.net.parameters()), "name": "model"},
+                {"params": list(self.dis.parameters()), "name": "dis"},
+                {"params": list(self.patch_dis.parameters()), "name": "patch_dis"},
+            ],
+            lr=cfg.lr,
+        )
+
+    # ---------------------------------------------------------------- helpers
+    def student(self, seed: int = 0) -> CICLDSegmenter:
+        """The EMA model as an inference segmenter (the paper's "student")."""
+        c = self.cfg
+        return CICLDSegmenter(
+            self.ema_net, c.noise_timestep, c.inference_steps(), c.infer_condition, seed
+        )
+
+    def _set_lr(self, it: int) -> float:
+        _, k, total = self.cfg.phase(it)
+        lr = self.cfg.lr * lr_factor(self.cfg, k, total, self.epoch_iterations)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _optimise(self, loss: Tensor) -> None:
+        """Back-propagate ``loss`` and take an Adam step on the parameters it reached."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _ema_update(self) -> None:
+        self.ema.update(self.net)
+        self.ema.copy_to(self.ema_net)
+
+    # ---------------------------------------------------------------- step
+    def step(self, it: int, batch_s: dict, batch_t: dict) -> dict:
+        """Global iteration ``it`` (0-based) on a source and a target batch; returns stats."""
+        phase, _, _ = self.cfg.phase(it)
+        self.net.train()
+        torch.manual_seed(step_seed(self.cfg.seed, it, 1))
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, it, 2))
+        lr = self._set_lr(it)
+        x_s = batch_s["image"].to(self.device)
+        y_s = batch_s["label"].to(self.device)
+        x_t = batch_t["image"].to(self.device)
+        if phase == "ae":
+            stats = self._ae_step(torch.cat([x_s, x_t]), gen, it)
+        elif phase == "ldm":
+            stats = self._ldm_step(torch.cat([x_s, x_t]), gen)
+        else:
+            stats = self._adapt_step(x_s, y_s, x_t, gen, it)
+        self._ema_update()
+        return {"phase": phase, "lr": lr, **stats}
+
+    def _ae_step(self, x: Tensor, gen: torch.Generator, it: int) -> dict:
+        """Stage 1: L1 + kl_weight * KL + adv_weight * hinge generator term; then D_patch."""
+        c, net = self.cfg, self.net
+        post, _ = net.encode(x)
+        rec = net.decoder.reconstruct(post.sample(gen), None)
+        l_rec = (rec - x).abs().mean()
+        l_kl = post.kl().mean()
+        use_adv = c.ae_adv_weight > 0 and self.cfg.phase(it)[1] >= c.ae_disc_start
+        self.patch_dis.requires_grad_(False)
+        l_g = -self.patch_dis(rec).mean() if use_adv else rec.new_zeros(())
+        self.patch_dis.requires_grad_(True)
+        self._optimise(l_rec + c.ae_kl_weight * l_kl + c.ae_adv_weight * l_g)
+        l_d = rec.new_zeros(())
+        if use_adv:
+            l_d = hinge_d_loss(self.patch_dis(x), self.patch_dis(rec.detach()))
+            self._optimise(l_d)
+        return {"rec": l_rec.item(), "kl": l_kl.item(), "g": l_g.item(), "d": l_d.item()}
+
+    def _ldm_step(self, x: Tensor, gen: torch.Generator) -> dict:
+        """Stage 2: Eq. 6, unconditioned, on posterior samples (autoencoder frozen)."""
+        net = self.net
+        with torch.no_grad():
+            z = net.encode(x)[0].sample(gen)
+        l_dif = net.schedule.training_loss(lambda zt, t: net.eps(zt, t, None), z, gen)
+        self._optimise(l_dif)
+        return {"dif": l_dif.item()}
+
+    def _adapt_step(
+        self, x_s: Tensor, y_s: Tensor, x_t: Tensor, gen: torch.Generator, it: int
+    ) -> dict:
+        c, net = self.cfg, self.net
+        b = x_s.shape[0]
+        # (a) pseudo-labels from the EMA model
+        with torch.no_grad():
+            logits_t = self.student(step_seed(c.seed, it, 3))(x_t)
+        y_t, conf = pseudo_labels(logits_t, c.pseudo_threshold)
+        # (b) ClassMix + pixel augmentation of the mixed image
+        x_mix, y_mix, _ = classmix(x_s, y_s, x_t, y_t, gen)
+        x_mix = pixel_jitter(x_mix, c.mix_jitter, gen)
+        # (c) one forward of source, mixed and target; only source and mixed are decoded
+        x_all = torch.cat([x_s, x_mix, x_t])
+        y_all = torch.cat([y_s, y_mix, y_t])
+        keep = (torch.rand(3 * b, generator=gen) >= c.cond_drop_prob).float()
+        if c.target_condition == "none":
+            keep[2 * b :] = 0.0
+        out = net(
+            x_all,
+            y_all,
+            t_start=c.noise_timestep,
+            steps=c.train_denoise_steps,
+            generator=gen,
+            decode=slice(0, 2 * b),
+            cond_keep=keep.to(self.device),
+        )
+        # (d) Eq. 7 + Eq. 6 + encoder side of Eq. 8
+        l_cls = segmentation_loss(out.logits[:b], y_s) + segmentation_loss(out.logits[b:], y_mix)
+        tokens = out.tokens
+        l_dif = net.schedule.training_loss(
+            lambda zt, t: net.eps(zt, t, tokens), out.z0.detach(), gen
+        )
+        latents = adversarial_latents(out, c.adv_latents)
+        domains = torch.arange(3, device=self.device).repeat_interleave(b)
+        self.dis.requires_grad_(False)
+        if c.adv == "3class":
+            l_adv = encoder_adversarial_loss(self.dis, latents)
+        elif c.adv == "2class":
+            l_adv = fake_label_loss(self.dis, [z[2 * b :] for z in latents], 0)
+        else:
+            l_adv = out.z0.new_zeros(())
+        self.dis.requires_grad_(True)
+        self._optimise(c.w_cls * l_cls + c.w_dif * l_dif + c.w_adv * l_adv)
+        # (e) discriminator step on the detached latents
+        l_dis = out.z0.new_zeros(())
+        if c.adv == "3class":
+            l_dis = discriminator_loss(self.dis, [z.detach() for z in latents], domains)
+        elif c.adv == "2class":
+            keep_st = torch.cat([torch.arange(b), torch.arange(2 * b, 3 * b)]).to(self.device)
+            dom2 = torch.cat([torch.zeros(b), torch.ones(b)]).long().to(self.device)
+            l_dis = discriminator_loss(self.dis, [z.detach()[keep_st] for z in latents], dom2)
+        if c.adv != "none":
+            self._optimise(l_dis)
+        return {
+            "cls": l_cls.item(),
+            "dif": l_dif.item(),
+            "adv": l_adv.item(),
+            "dis": l_dis.item(),
+            "pseudo_conf": conf.mean().item(),
+        }
+
+    # ---------------------------------------------------------------- checkpoints
+    def meta(self) -> dict:
+        c = self.cfg
+        return {
+            "arch": "cicld",
+            "num_classes": self.net.num_classes,
+            "model": to_dict(c.model),
+            "noise_timestep": c.noise_timestep,
+            "denoise_steps": c.inference_steps(),
+            "infer_condition": c.infer_condition,
+        }
+
+    def save(self, path: Path, it: int) -> Path:
+        modules = {"model": self.net, "ema": self.ema_net, "dis": self.dis}
+        modules["patch_dis"] = self.patch_dis
+        meta = self.meta() | {"iteration": it, "ema_step": self.ema.step}
+        return save_checkpoint(path, modules, self.optimizer, meta)
+
+    def load(self, path: Path) -> int:
+        modules = {"model": self.net, "ema": self.ema_net, "dis": self.dis}
+        modules["patch_dis"] = self.patch_dis
+        meta = load_checkpoint(path, modules, self.optimizer, device=self.device)
+        self.ema.load_state_dict({"shadow": self.ema_net.state_dict(), "step": meta["ema_step"]})
+        return int(meta["iteration"])
+
+    def save_final(self, path: Path, it: int) -> Path:
+        """The EMA weights only (the inference model), loadable by :func:`load_cicld`."""
+        return save_checkpoint(path, {"model": self.ema_net}, None, self.meta() | {"iteration": it})
+
+
+def load_cicld(path: str | Path, device: str | torch.device = "cpu", seed: int = 0):
+    """The inference segmenter of a CICLD checkpoint (``final.safetensors``) and its meta."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CICLD checkpoint not found")
+    meta = read_meta(path)
+    if meta.get("arch") != "cicld":
+        raise ValueError(f"{path}: not a CICLD checkpoint (arch {meta.get('arch')!r})")
+    mcfg = from_dict(CICLDModelConfig, dict(meta["model"]) | {"mask_encoder_weights": ""})
+    net = CICLDNet(mcfg, int(meta["num_classes"]), DDPMSchedule())
+    load_checkpoint(path, {"model": net}, device="cpu")
+    seg = CICLDSegmenter(
+        net, meta["noise_timestep"], meta["denoise_steps"], meta["infer_condition"], seed
+    )
+    return seg.to(device).eval(), meta
+
+
+# ===================================================================== loop
+RESUME_IGNORE = ("num_workers", "checkpoint_every", "device")
+
+
+def _loader(ds, batch_size: int, seed: int, start: int, stop: int, workers: int):
+    return torch.utils.data.DataLoader(
+        StreamDataset(ds),
+        batch_sampler=StreamBatchSampler(len(ds), batch_size, seed, start, stop),
+        collate_fn=collate_items,
+        num_workers=workers,
+    )
+
+
+def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train CICLD (three phases) into run directory ``out``; resumes from
+    ``out/checkpoints/last.safetensors``. Writes ``checkpoints/final.safetensors`` (EMA
+    weights, see :func:`load_cicld`), ``loss_history.json`` and ``metrics.json``."""
+    validate_tree(cfg)
+    run = RunDir(out, "cicld")
+    run.check(cfg, RESUME_IGNORE)
+    final = run.ckpt_dir / "final.safetensors"
+    done = run.read_metrics()
+    if final.is_file() and done and done.get("total_iterations") == cfg.total_iterations:
+        return done
+    src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
+    tgt = scan_split(cfg.target.root, cfg.target.split, "none", cfg.on_error)
+    if src.classes.names != tgt.classes.names:
+        raise ConfigError("source and target datasets have different classes.yaml")
+    with run.open(cfg, RESUME_IGNORE):
+        return _train(cfg, run, src, tgt, progress)
+
+
+def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
+    device = resolve_device(cfg.device)
+    a = cfg.aug
+    tf = train_transform(
+        crop=tuple(a.crop) if a.crop else None,
+        resize=tuple(a.resize) if a.resize else None,
+        scale=tuple(a.scale) if a.scale else None,
+        hflip=a.hflip,
+    )
+    ds_s = src.dataset(tf, seed=cfg.seed)
+    ds_t = tgt.dataset(tf, seed=cfg.seed + 1)
+    epoch_its = cfg.epoch_iterations or -(-len(ds_s) // cfg.batch_size)
+    trainer = CICLDTrainer(cfg, ds_s.classes.num_classes, device, epoch_its)
+    last = run.ckpt_dir / "last.safetensors"
+    total = cfg.total_iterations
+    start = trainer.load(last) if last.is_file() else 0
+    if start:
+        run.logger.info("resuming from iteration %d", start)
+        run.resume_point = f"the checkpoint at iteration {start}"
+    run.start()
+    hist_path = run.path / "loss_history.json"
+    history = (read_json(hist_path) if hist_path.is_file() else [])[:start]
+    seed_t = step_seed(cfg.seed, 0, 7)  # the target stream's own permutation seed
+    loaders = zip(  # both streams have stop - start batches
+        _loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers),
+        _loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers),
+        strict=True,
+    )
+    bar = Progress(total, start, "cicld", enabled=progress, logger=run.logger, run=run)
+    t0 = time.perf_counter()
+    for it, (bs, bt) in enumerate(loaders, start=start):
+        stats = trainer.step(it, bs, bt)
+        history.append({"it": it, **stats})
+        if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total:
+            trainer.save(last, it + 1)
+            write_json(hist_path, history)
+            run.resume_point = f"the checkpoint at iteration {it + 1}"
+        shown = {k: v for k, v in stats.items() if isinstance(v, float)}
+        bar.update(1, **shown)
+    bar.close()
+    trainer.save(last, total)
+    trainer.save_final(run.ckpt_dir / "final.safetensors", total)
+    write_json(hist_path, history)
+    metrics = {
+        "stage": "cicld",
+        "total_iterations": total,
+        "phases": {p: _phase_summary(history, p) for p in PHASES},
+        "checkpoint": str(run.ckpt_dir / "final.safetensors"),
+        "checkpoint_kind": "last (EMA weights)",
+        "device": str(device),
+        "seconds": time.perf_counter() - t0,
+    }
+    run.write_metrics(metrics)
+    run.logger.info("done: %s", metrics)
+    return metrics
+
+
+def _phase_summary(history: list[dict], phase: str) -> dict:
+    """Mean of every loss over the first and the last tenth of a phase's iterations."""
+    rows = [h for h in history if h["phase"] == phase]
+    if not rows:
+        return {"iterations": 0}
+    k = max(1, len(rows) // 10)
+    keys = [key for key, v in rows[0].items() if isinstance(v, float) and key != "lr"]
+    out: dict = {"iterations": len(rows)}
+    for key in keys:
+        out[f"{key}_first"] = float(sum(r[key] for r in rows[:k]) / k)
+        out[f"{key}_last"] = float(sum(r[key] for r in rows[-k:]) / k)
+    return out

@@ -1,0 +1,401 @@
+"""CICLD: network shapes, Eq. 5 conditioning, Eq. 8 signs, ClassMix, EMA, training + resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tests.conftest import write_folder_dataset
+
+from diffdass.adaptation.cicld import (
+    CICLDConfig,
+    CICLDTrainer,
+    classmix,
+    discriminator_loss,
+    encoder_adversarial_loss,
+    fake_label_loss,
+    kl_to_uniform,
+    lr_factor,
+    prediction_entropy,
+    segmentation_loss,
+    train_cicld,
+)
+from diffdass.data.folder import DomainSpec
+from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.models.cicld import (
+    CICLDModelConfig,
+    CICLDNet,
+    CICLDSegmenter,
+    LatentDiscriminator,
+    condition_features,
+    denoise_timesteps,
+)
+from diffdass.utils.config import ConfigError
+from diffdass.utils.io import load_tensors
+
+K = 4  # classes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine make every
+    small conv wait on the other thread, ~100x slower); restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(**over) -> CICLDModelConfig:
+    kw = dict(
+        ae_channels=[8, 16],
+        latent_channels=4,
+        unet_channels=[16, 16],
+        unet_layers_per_block=1,
+        unet_attention=False,
+        norm_groups=4,
+        mask_width=8,
+        cls_hidden=8,
+        dis_channels=[8, 16],
+        dis_hidden=32,
+        patch_dis_width=8,
+    )
+    kw.update(over)
+    return CICLDModelConfig(**kw)
+
+
+def tiny_net(seed: int = 0, **over) -> CICLDNet:
+    torch.manual_seed(seed)
+    return CICLDNet(tiny_model(**over), K, DDPMSchedule()).eval()
+
+
+# ------------------------------------------------------------------ networks
+@pytest.mark.parametrize("inter_coder", [True, False])
+def test_shapes_through_encoder_unet_decoder(inter_coder):
+    net = tiny_net(inter_coder=inter_coder)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        post, skips = net.encode(x)
+        assert post.mean.shape == (2, 4, 16, 16) and post.var.shape == (2, 4, 16, 16)
+        assert [tuple(s.shape) for s in skips] == [(2, 8, 32, 32), (2, 16, 16, 16)]
+        eps = net.eps(post.mode(), torch.tensor([10, 500]), None)
+        assert eps.shape == (2, 4, 16, 16)
+        feats = net.decoder(post.mode(), skips)
+        assert feats.shape == (2, 8, 32, 32)
+        assert net.decoder.reconstruct(post.mode(), skips).shape == (2, 3, 32, 32)
+        y = torch.randint(0, K, (2, 32, 32))
+        out = net(x, y, t_start=200, steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.logits.shape == (2, K, 32, 32)
+    assert len(out.trajectory) == 2 and out.trajectory[-1].shape == (2, 4, 16, 16)
+    assert out.tokens.shape == (2, 8 * 8, 16)  # one token per middle-block position (8x8)
+    # the skips reach D only with the inter-coder connection
+    with torch.no_grad():
+        other = [s + 1.0 for s in skips]
+        changed = not torch.allclose(
+            net.decode_logits(post.mode(), skips), net.decode_logits(post.mode(), other)
+        )
+    assert changed == inter_coder
+
+
+def test_decoder_without_inter_coder_is_narrower():
+    n_with = sum(p.numel() for p in tiny_net(inter_coder=True).decoder.parameters())
+    n_without = sum(p.numel() for p in tiny_net(inter_coder=False).decoder.parameters())
+    assert n_without < n_with
+    # the first conv of every decoder level sees the concatenated E feature (8 or 16 wide)
+    d = tiny_net(inter_coder=True).decoder
+    assert [b.conv1.in_channels for b in d.blocks] == [16 + 16, 8 + 8]
+
+
+def test_image_size_not_divisible_is_a_clear_error():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        tiny_net().encode(torch.zeros(1, 3, 30, 32))
+
+
+# ------------------------------------------------------------------ Eq. 5
+def test_condition_eq5_formula_and_identity_at_zero():
+    torch.manual_seed(0)
+    o = torch.randn(2, 3, 2, 2)
+    c = torch.randn(2, 5, 3)
+    out = condition_features(o, c)
+    # explicit per-position formula o_i + sum_k softmax_k(o_i . c_k / sqrt(C)) c_k
+    for b in range(2):
+        for i in range(2):
+            for j in range(2):
+                oi = o[b, :, i, j]
+                w = torch.softmax(c[b] @ oi / math.sqrt(3), dim=0)
+                torch.testing.assert_close(out[b, :, i, j], oi + w @ c[b])
+    assert torch.equal(condition_features(o, torch.zeros_like(c)), o)
+    assert condition_features(o, None) is o
+
+
+def test_conditioning_changes_the_unet_output_and_is_identity_for_zero_tokens():
+    net = tiny_net()
+    z = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([100, 100])
+    y = torch.randint(0, K, (2, 32, 32))
+    with torch.no_grad():
+        tokens = net.condition_tokens(y, z)
+        plain = net.eps(z, t, None)
+        cond = net.eps(z, t, tokens)
+        zero = net.eps(z, t, torch.zeros_like(tokens))
+        dropped = net.eps(z, t, net.condition_tokens(y, z, keep=torch.tensor([1.0, 0.0])))
+    assert (cond - plain).abs().max() > 1e-4
+    assert torch.equal(zero, plain)
+    assert torch.equal(dropped[1], plain[1]) and not torch.allclose(dropped[0], plain[0])
+    # different labels give different conditions
+    with torch.no_grad():
+        other = net.eps(z, t, net.condition_tokens((y + 1) % K, z))
+    assert (other - cond).abs().max() > 1e-5
+    # without the conditioning module there is no f_mask and no wrapped middle block
+    bare = tiny_net(condition=False)
+    assert bare.mask_encoder is None and bare.condition_tokens(y, z) is None
+
+
+def test_denoise_timesteps_and_segmenter_is_deterministic():
+    assert denoise_timesteps(200, 2) == [200, 100]
+    assert denoise_timesteps(999, 1) == [999]
+    with pytest.raises(ValueError):
+        denoise_timesteps(1, 3)
+    seg = CICLDSegmenter(tiny_net(), 200, 2, "self", seed=3).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = seg(x), seg(x)
+        seg.condition = "none"
+        c = seg(x)
+    assert a.shape == (1, K, 32, 32) and torch.equal(a, b)
+    assert not torch.allclose(a, c)  # self-conditioning really conditions the second pass
+
+
+# ------------------------------------------------------------------ Eq. 8
+def test_kl_to_uniform_values():
+    assert kl_to_uniform(torch.zeros(1, 3)).abs().item() < 1e-7
+    big = kl_to_uniform(torch.tensor([[50.0, 0.0, 0.0]])).item()
+    assert big == pytest.approx(math.log(3), abs=1e-5)
+
+
+def test_discriminator_step_lowers_its_loss():
+    torch.manual_seed(0)
+    dis = LatentDiscriminator(4, (8, 16), 3, 32, 4)
+    latents = [torch.randn(6, 4, 8, 8) + torch.arange(3).repeat_interleave(2).view(-1, 1, 1, 1)]
+    domains = torch.arange(3).repeat_interleave(2)
+    opt = torch.optim.Adam(dis.parameters(), lr=1e-3)
+    before = discriminator_loss(dis, latents, domains)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after = discriminator_loss(dis, latents, domains)
+    assert after.item() < before.item() - 1e-4
+
+
+def test_encoder_step_raises_discriminator_entropy():
+    torch.manual_seed(0)
+    dis = LatentDiscriminator(4, (8, 16), 3, 32, 4)
+    # make the discriminator confident first (low entropy), then freeze it
+    z_fixed = torch.randn(6, 4, 8, 8)
+    domains = torch.arange(3).repeat_interleave(2)
+    opt_d = torch.optim.Adam(dis.parameters(), lr=1e-2)
+    for _ in range(20):
+        opt_d.zero_grad()
+        discriminator_loss(dis, [z_fixed], domains).backward()
+        opt_d.step()
+    opt_d.zero_grad(set_to_none=True)
+    dis.requires_grad_(False)
+    encoder = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = z_fixed.clone()
+    before = prediction_entropy(dis, encoder(x)).item()
+    kl_before = encoder_adversarial_loss(dis, [encoder(x)]).item()
+    opt_e = torch.optim.SGD(encoder.parameters(), lr=1e-2)
+    opt_e.zero_grad()
+    encoder_adversarial_loss(dis, [encoder(x)]).backward()
+    opt_e.step()
+    assert all(p.grad is None for p in dis.parameters())
+    after = prediction_entropy(dis, encoder(x)).item()
+    assert after > before + 1e-5
+    # KL(p || U) = log 3 - H(p): the same move in the other quantity
+    assert encoder_adversarial_loss(dis, [encoder(x)]).item() < kl_before
+    assert kl_before == pytest.approx(math.log(3) - before, abs=1e-5)
+
+
+def test_two_class_fake_label_loss_points_to_source():
+    torch.manual_seed(0)
+    dis = LatentDiscriminator(4, (8,), 2, 16, 4)
+    z = torch.randn(3, 4, 8, 8)
+    logits = dis(z)
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(fake_label_loss(dis, [z], 0), expected)
+
+
+# ------------------------------------------------------------------ ClassMix
+def test_classmix_keeps_image_label_correspondence():
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 3, 16, 16
+    y_s = torch.randint(0, 5, (b, h, w))
+    y_s[:, 0, :] = 255
+    y_t = torch.randint(0, 5, (b, h, w))
+    # each image encodes its own label: source pixel = label, target pixel = 10 + label
+    x_s = y_s.float().unsqueeze(1).repeat(1, 3, 1, 1)
+    x_t = (10 + y_t).float().unsqueeze(1).repeat(1, 3, 1, 1)
+    x_mix, y_mix, mask = classmix(x_s, y_s, x_t, y_t, g)
+    assert torch.equal(x_mix[:, 0][mask], y_s[mask].float())
+    assert torch.equal(y_mix[mask], y_s[mask])
+    assert torch.equal(x_mix[:, 0][~mask], 10 + y_t[~mask].float())
+    assert torch.equal(y_mix[~mask], y_t[~mask])
+    for i in range(b):
+        present = set(torch.unique(y_s[i]).tolist()) - {255}
+        pasted = set(torch.unique(y_s[i][mask[i]]).tolist())
+        assert 255 not in pasted
+        assert len(pasted) == (len(present) + 1) // 2
+        for cls in pasted:  # a chosen class is pasted whole
+            assert bool(mask[i][y_s[i] == cls].all())
+
+
+def test_segmentation_loss_is_zero_not_nan_when_all_ignored():
+    logits = torch.randn(1, K, 4, 4, requires_grad=True)
+    loss = segmentation_loss(logits, torch.full((1, 4, 4), 255))
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+# ------------------------------------------------------------------ training
+def _data(tmp_path):
+    src = write_folder_dataset(tmp_path / "src", n=4, size=(32, 32), num_classes=K, seed=0)
+    tgt = write_folder_dataset(
+        tmp_path / "tgt", n=4, size=(32, 32), num_classes=K, labels=False, seed=1
+    )
+    return src, tgt
+
+
+def _cfg(src, tgt, **over) -> CICLDConfig:
+    kw = dict(
+        source=DomainSpec(str(src), "train"),
+        target=DomainSpec(str(tgt), "train"),
+        model=tiny_model(),
+        ae_iterations=2,
+        ldm_iterations=2,
+        iterations=3,
+        batch_size=2,
+        lr=1e-3,
+        noise_timestep=100,
+        train_denoise_steps=2,
+        device="cpu",
+        checkpoint_every=2,
+    )
+    kw.update(over)
+    cfg = CICLDConfig(**kw)
+    cfg.aug.hflip = False
+    return cfg
+
+
+def test_ema_update_equals_its_formula(tmp_path):
+    cfg = _cfg("unused", "unused", ema_decay=0.9)
+    trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
+    before_ema = {k: v.clone() for k, v in trainer.ema_net.state_dict().items()}
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.randint(0, K, (2, 32, 32))
+    it = cfg.ae_iterations + cfg.ldm_iterations  # an adaptation step
+    trainer.step(it, {"image": x, "label": y}, {"image": x.flip(-1), "label": y})
+    now = dict(trainer.net.named_parameters())
+    changed = 0
+    for name, p in now.items():
+        expected = 0.9 * before_ema[name] + 0.1 * p.detach()
+        torch.testing.assert_close(trainer.ema_net.state_dict()[name], expected)
+        changed += int(not torch.equal(before_ema[name], p.detach()))
+    assert changed > 0 and trainer.ema.step == 1
+
+
+def test_two_class_adaptation_step_trains_both_sides():
+    cfg = _cfg("unused", "unused", adv="2class", ae_iterations=0, ldm_iterations=0)
+    trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
+    assert trainer.dis.fc[-1].out_features == 2
+    dis_before = [p.clone() for p in trainer.dis.parameters()]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.randint(0, K, (2, 32, 32))
+    stats = trainer.step(0, {"image": x, "label": y}, {"image": -x, "label": y})
+    assert stats["phase"] == "adapt"
+    assert all(math.isfinite(stats[k]) for k in ("cls", "dif", "adv", "dis"))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(dis_before, trainer.dis.parameters(), strict=True)
+    )
+
+
+def test_lr_schedules():
+    cfg = CICLDConfig(lr_schedule="step", lr_step_epochs=5, lr_step_gamma=0.99)
+    assert lr_factor(cfg, 49, 1000, 10) == 1.0  # epoch 4
+    assert lr_factor(cfg, 50, 1000, 10) == pytest.approx(0.99)  # epoch 5
+    assert lr_factor(cfg, 100, 1000, 10) == pytest.approx(0.99**2)
+    cfg.lr_schedule = "poly"
+    assert lr_factor(cfg, 500, 1000, 10) == pytest.approx(0.5**0.9)
+    cfg.lr_schedule = "step_poly"
+    assert lr_factor(cfg, 500, 1000, 10) == pytest.approx(0.5**0.9 * 0.99**10)
+
+
+def test_config_validate_rejects_bad_values():
+    good = _cfg("s", "t")
+    good.validate()
+    bad = [
+        dict(adv="4class"),
+        dict(infer_condition="gt"),
+        dict(noise_timestep=1000),
+        dict(train_denoise_steps=0),
+        dict(cond_drop_prob=1.5),
+        dict(lr_schedule="cosine"),
+        dict(target=DomainSpec("", "train")),
+    ]
+    for over in bad:
+        with pytest.raises(ConfigError):
+            _cfg("s", "t", **over).validate()
+    cfg = _cfg("s", "t")
+    cfg.aug.crop = [30, 32]
+    with pytest.raises(ConfigError, match="divisible"):
+        cfg.validate()
+
+
+def test_train_end_to_end_evaluates_and_resumes_identically(tmp_path, monkeypatch):
+    from diffdass.adaptation.cicld import load_cicld
+    from diffdass.data.folder import FolderDataset
+    from diffdass.evaluation.evaluate import evaluate
+
+    src, tgt = _data(tmp_path)
+    cfg = _cfg(src, tgt)
+    full = tmp_path / "full"
+    metrics = train_cicld(cfg, full, progress=False)
+    assert metrics["total_iterations"] == 7
+    ph = metrics["phases"]
+    assert ph["ae"]["iterations"] == 2 and ph["ldm"]["iterations"] == 2
+    assert ph["adapt"]["iterations"] == 3
+    for key in ("rec_last", "kl_last"):
+        assert math.isfinite(ph["ae"][key])
+    assert math.isfinite(ph["ldm"]["dif_last"])
+    for key in ("cls_last", "dif_last", "adv_last", "dis_last"):
+        assert math.isfinite(ph["adapt"][key]) and ph["adapt"][key] >= 0
+    assert (full / "metrics.json").is_file() and (full / "config.yaml").is_file()
+
+    seg, meta = load_cicld(full / "checkpoints" / "final.safetensors")
+    assert meta["num_classes"] == K and meta["iteration"] == 7
+    ds = FolderDataset(src, "train")
+    res = evaluate(seg, ds, class_sets=("all",), progress=False)
+    assert 0.0 <= res["miou"][f"all{K}"] <= 100.0
+
+    # kill a run at iteration 5 (last checkpoint: 4), then resume it
+    part = tmp_path / "part"
+    orig = CICLDTrainer.step
+
+    def step_then_die(self, it, bs, bt):
+        if it == 5:
+            raise KeyboardInterrupt
+        return orig(self, it, bs, bt)
+
+    monkeypatch.setattr(CICLDTrainer, "step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_cicld(cfg, part, progress=False)
+    monkeypatch.setattr(CICLDTrainer, "step", orig)
+    assert not (part / "checkpoints" / "final.safetensors").exists()
+    train_cicld(cfg, part, progress=False)
+    assert "resuming from iteration 4" in (part / "run.log").read_text()
+    for name in ("final.safetensors", "last.safetensors"):
+        a = load_tensors(full / "checkpoints" / name)
+        b = load_tensors(part / "checkpoints" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
