@@ -162,3 +162,20 @@ def test_evaluate_rejects_wrong_class_count(tiny_dataset, tmp_path):
     )
     assert res.exit_code == 2
     assert "wrong class count" in _plain(res.output)
+
+
+def test_help_texts_are_accurate():
+    """`run --help` keeps its first sentence whole (rich ate '[benchmark]'); no command's
+    help shows a --set example whose key it would reject (train-ddpm has no optim.lr)."""
+    text = _plain(runner.invoke(app, ["run", "--help"]).output)
+    assert "The whole pipeline: benchmark (if enabled) -> source-only -> DDPM" in text
+    for cmd in COMMANDS:
+        assert "optim.lr" not in _plain(runner.invoke(app, [cmd, "--help"]).output), cmd
+
+
+def test_cityscapes_class_set_on_a_custom_dataset_suggests_all():
+    from diffdass.evaluation.evaluate import resolve_class_sets
+
+    with pytest.raises(ValueError, match="--class-sets all"):
+        resolve_class_sets(["19"], 4)
+    assert resolve_class_sets(["all"], 4) == {"all4": (0, 1, 2, 3)}

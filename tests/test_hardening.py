@@ -274,3 +274,22 @@ def test_checkpoints_get_the_mode_of_other_outputs(tmp_path):
     js = write_json(tmp_path / "m.json", {})
     assert ckpt.stat().st_mode & 0o777 == 0o666 & ~mask
     assert js.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_path_spellings_are_not_a_config_change_and_non_ascii_stays_readable(tmp_path, monkeypatch):
+    from diffdass.utils.config import dump_yaml
+    from diffdass.utils.run import _diff
+
+    data = tmp_path / "daten_straße"
+    data.mkdir()
+    monkeypatch.chdir(tmp_path)
+    old = {"source": {"root": str(data), "split": "train"}}
+    assert _diff(old, {"source": {"root": "daten_straße", "split": "train"}}) == []
+    assert _diff(old, {"source": {"root": "./daten_straße/", "split": "train"}}) == []
+    assert _diff(old, {"source": {"root": str(data), "split": "val"}}) == [
+        "source.split: 'train' -> 'val'"
+    ]
+    (tmp_path / "other").mkdir()
+    assert _diff(old, {"source": {"root": "other", "split": "train"}})
+    text = dump_yaml(old)
+    assert "straße" in text and "\\x" not in text

@@ -21,7 +21,8 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="Override any config key: --set optim.lr=0.01 (repeatable).",
+        help="Override any key of this command's config: --set KEY=VALUE, dotted for nested"
+        " keys (repeatable; the keys are those of the command's config.yaml).",
         show_default=False,
     ),
 ]

@@ -400,7 +400,7 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """The whole pipeline: [benchmark] -> source-only -> DDPM -> PTL -> evaluation -> report.
+    """The whole pipeline: benchmark (if enabled) -> source-only -> DDPM -> PTL -> evaluation -> report.
 
     Stages whose outputs exist are reused, so re-running continues an interrupted job.
     """

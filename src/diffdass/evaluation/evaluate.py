@@ -41,7 +41,9 @@ def resolve_class_sets(
         ids = CLASS_SETS[name]
         if max(ids) >= num_classes:
             raise ValueError(
-                f"class set {name} needs the 19 Cityscapes classes but the dataset has {num_classes}"
+                f"class set {name} needs the 19 Cityscapes classes but the dataset has "
+                f"{num_classes}; score every class of your dataset with --class-sets all "
+                "(config: evaluation.class_sets: [all])"
             )
         out[name] = ids
     return out

@@ -241,7 +241,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
     if not isinstance(doc, dict):
@@ -290,4 +290,7 @@ def _deep_update(base: dict, new: dict) -> None:
 
 
 def dump_yaml(obj) -> str:
-    return yaml.safe_dump(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=False)
+    # allow_unicode: a non-ASCII path stays readable ("/data/straße", not "/data/stra\\xDFe")
+    return yaml.safe_dump(
+        to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=False, allow_unicode=True
+    )

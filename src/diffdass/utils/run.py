@@ -102,7 +102,7 @@ class RunDir:
             return []
         import yaml
 
-        old_d = yaml.safe_load(cfg_path.read_text()) or {}
+        old_d = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         new_d = to_dict(config)
         try:  # keys a newer version added count as unchanged when they keep their default
             defaults = to_dict(type(config)())
@@ -254,9 +254,24 @@ def _diff(old, new, ignore=(), prefix="", defaults=None) -> list[str]:
                 continue  # a key added by a newer version, at its default
             out += _diff(old.get(k), new.get(k), ignore, key + ".", defaults.get(k))
         return out
-    if old != new:
+    if old != new and not _same_path(old, new):
         out.append(f"{prefix.rstrip('.')}: {old!r} -> {new!r}")
     return out
+
+
+def _same_path(a, b) -> bool:
+    """Two spellings of one file-system path (``runs/x`` and ``/work/runs/x``, ``./a`` and
+    ``a``): not a config change. Only strings that name an existing path are compared this
+    way, so ``"train"`` and ``"val"`` stay different values."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    pa, pb = Path(a), Path(b)
+    if not (pa.exists() and pb.exists()):
+        return False
+    try:
+        return pa.resolve() == pb.resolve()
+    except OSError:
+        return False
 
 
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
