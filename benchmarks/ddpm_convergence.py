@@ -34,12 +34,18 @@ from diffdass.evaluation.distance import image_set_distance
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="run folder")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="benchmark root (default: RUN/data; `diffdass ablate` keeps it in OUT/data)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the rows here (json)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    data = args.run / "data"
+    data = args.data or args.run / "data"
     ckpts = args.run / "ddpm" / "checkpoints"
     snaps = sorted(ckpts.glob("snapshot_*.safetensors"))
     if not snaps:

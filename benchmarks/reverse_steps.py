@@ -51,6 +51,12 @@ from diffdass.utils.config import from_dict
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="run folder")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="benchmark root (default: RUN/data; `diffdass ablate` keeps it in OUT/data)",
+    )
     ap.add_argument("--n", type=int, default=None, help="noising depth (default: ptl.n_max)")
     ap.add_argument("--steps", type=int, nargs="+", default=[6, 12, 24])
     ap.add_argument("--images", type=int, default=32)
@@ -76,7 +82,7 @@ def main(argv=None) -> list[dict]:
     moments = ddpm_moments(meta)
     schedule = DDPMSchedule(num_timesteps=int(meta.get("num_timesteps", 1000)))
     tf = Resize(*tuple(meta["sample_size"]))
-    data = run / "data"
+    data = args.data or run / "data"
     src = FolderDataset(data / "source", "train", "required", transform=tf)
     xs, ys = stack_images(src, args.images, with_labels=True)
     val = FolderDataset(data / "target", "val", "none", transform=tf)
