@@ -45,7 +45,6 @@ from diffdass.adaptation.config import AugConfig
 from diffdass.adaptation.seg_training import ce_loss, step_seed
 from diffdass.data.folder import DomainSpec, StreamBatchSampler, StreamDataset, collate_items
 from diffdass.data.scan import scan_split
-from diffdass.data.transforms import train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.cicld import (
     IGNORE_INDEX,
@@ -543,13 +542,7 @@ def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dic
 
 def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
     device = resolve_device(cfg.device)
-    a = cfg.aug
-    tf = train_transform(
-        crop=tuple(a.crop) if a.crop else None,
-        resize=tuple(a.resize) if a.resize else None,
-        scale=tuple(a.scale) if a.scale else None,
-        hflip=a.hflip,
-    )
+    tf = cfg.aug.transform()
     ds_s = src.dataset(tf, seed=cfg.seed)
     ds_t = tgt.dataset(tf, seed=cfg.seed + 1)
     epoch_its = cfg.epoch_iterations or -(-len(ds_s) // cfg.batch_size)

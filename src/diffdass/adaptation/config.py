@@ -24,6 +24,17 @@ class AugConfig:
     crop: list[int] | None = None  # [H, W] training crop
     hflip: bool = True
 
+    def transform(self):
+        """The training transform these settings describe (``train_transform``)."""
+        from diffdass.data.transforms import train_transform
+
+        return train_transform(
+            crop=tuple(self.crop) if self.crop else None,
+            resize=tuple(self.resize) if self.resize else None,
+            scale=tuple(self.scale) if self.scale else None,
+            hflip=self.hflip,
+        )
+
     def validate(self) -> None:
         for name in ("resize", "crop"):
             v = getattr(self, name)

@@ -47,7 +47,7 @@ from diffdass.data.folder import (
     tensor_to_image,
 )
 from diffdass.data.scan import SplitScan, scan_split
-from diffdass.data.transforms import Resize, train_transform
+from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
@@ -171,19 +171,15 @@ def preflight(cfg: PTLConfig, checkpoints: bool = True) -> tuple[SplitScan, Spli
     src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
     val = scan_split(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
     if checkpoints:
+        from diffdass.diffusion.training import ddpm_moments, read_ddpm_meta
         from diffdass.utils.checkpoint import read_meta
 
-        for key in ("init", "ddpm"):
-            if not Path(getattr(cfg, key)).is_file():
-                raise FileNotFoundError(f"{getattr(cfg, key)}: {key} checkpoint not found")
-        dmeta = read_meta(cfg.ddpm)
-        if "unet" not in dmeta or "sample_size" not in dmeta:
-            raise ValueError(f"{cfg.ddpm}: not a diffdass DDPM checkpoint")
+        if not Path(cfg.init).is_file():
+            raise FileNotFoundError(f"{cfg.init}: init checkpoint not found")
+        dmeta = read_ddpm_meta(cfg.ddpm)
         steps = int(dmeta.get("num_timesteps", 1000))
         if cfg.n_max > steps:
             raise ConfigError(f"n_max {cfg.n_max} exceeds the DDPM's {steps} timesteps")
-        from diffdass.diffusion.training import ddpm_moments
-
         cfg.sampler.options(ddpm_moments(dmeta), cfg.guidance)
         smeta = read_meta(cfg.init)
         if smeta.get("num_classes") not in (None, src.classes.num_classes):
@@ -224,13 +220,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
     cfg.sampler.options(moments, cfg.guidance)  # a missing requirement fails before any work
     schedule = DDPMSchedule(num_timesteps=int(dmeta.get("num_timesteps", 1000)))
     model, smeta = load_segmenter(cfg.init, device)
-    a = cfg.aug
-    tf = train_transform(
-        crop=tuple(a.crop) if a.crop else None,
-        resize=tuple(a.resize) if a.resize else None,
-        scale=tuple(a.scale) if a.scale else None,
-        hflip=a.hflip,
-    )
+    tf = cfg.aug.transform()
     ds = src_scan.dataset(tf, seed=cfg.seed)
     levels = cfg.levels()
     total_iters = len(levels) * cfg.iterations_per_domain
@@ -264,7 +254,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
     hist_path = run.path / "domains.json"
     history = read_json(hist_path)[:start_k] if hist_path.is_file() else []
     val_ds = val_scan.dataset() if val_scan is not None else None
-    strip_ds = src_scan.dataset(Resize(*_fixed_size(a)))
+    strip_ds = src_scan.dataset(Resize(*_fixed_size(cfg.aug)))
     strip_idx = list(range(min(cfg.strip_images, len(strip_ds))))
     run.logger.info(
         "PTL: %d domains (n = %s), %d iterations each, translation cost %d reverse image-steps",

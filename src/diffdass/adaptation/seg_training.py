@@ -34,7 +34,6 @@ from diffdass.data.folder import (
     collate_items,
 )
 from diffdass.data.scan import SplitScan, scan_split
-from diffdass.data.transforms import train_transform
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -281,13 +280,7 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
     final = run.ckpt_dir / "final.safetensors"
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    a = cfg.aug
-    tf = train_transform(
-        crop=tuple(a.crop) if a.crop else None,
-        resize=tuple(a.resize) if a.resize else None,
-        scale=tuple(a.scale) if a.scale else None,
-        hflip=a.hflip,
-    )
+    tf = cfg.aug.transform()
     ds = scan.dataset(tf, seed=cfg.seed)
     model = build_segmenter(
         cfg.model.arch, ds.classes.num_classes, pretrained=_pretrained(cfg.model.pretrained)

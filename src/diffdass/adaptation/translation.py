@@ -218,16 +218,12 @@ def preflight(cfg: TranslateConfig):
     """The config, every file of the source split and the checkpoints, checked before
     anything is written. Returns the scan of the source split."""
     from diffdass.data.scan import scan_split
-    from diffdass.diffusion.training import ddpm_moments
+    from diffdass.diffusion.training import ddpm_moments, read_ddpm_meta
     from diffdass.utils.checkpoint import read_meta
 
     validate_tree(cfg)
     scan = scan_split(cfg.source.root, cfg.source.split, "required")
-    if not Path(cfg.ddpm).is_file():
-        raise FileNotFoundError(f"{cfg.ddpm}: DDPM checkpoint not found")
-    meta = read_meta(cfg.ddpm)
-    if "unet" not in meta or "sample_size" not in meta:
-        raise ValueError(f"{cfg.ddpm}: not a diffdass DDPM checkpoint")
+    meta = read_ddpm_meta(cfg.ddpm)
     steps = int(meta.get("num_timesteps", 1000))
     if cfg.n > steps:
         raise ConfigError(f"n: {cfg.n} exceeds the DDPM's {steps} timesteps (1..{steps})")

@@ -105,6 +105,17 @@ def estimate_moments(unet, dataset, schedule: DDPMSchedule, device, seed: int) -
     return estimate_eps_moments(eps_fn, schedule, batches, MOMENT_TIMESTEPS, g)
 
 
+def read_ddpm_meta(path: str | Path) -> dict:
+    """The meta of a ``train-ddpm`` checkpoint, after checking the file exists and is one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: DDPM checkpoint not found")
+    meta = read_meta(path)
+    if "unet" not in meta or "sample_size" not in meta:
+        raise ValueError(f"{path}: not a diffdass DDPM checkpoint")
+    return meta
+
+
 def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
     """(UNet with EMA weights, meta) from a ``train-ddpm`` checkpoint.
 
@@ -112,11 +123,7 @@ def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
     :func:`ddpm_moments` turns it into an :class:`EpsMoments`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: DDPM checkpoint not found")
-    meta = read_meta(path)
-    if "unet" not in meta or "sample_size" not in meta:
-        raise ValueError(f"{path}: not a diffdass DDPM checkpoint")
+    meta = read_ddpm_meta(path)
     unet = build_unet(meta["unet"], sample_size=tuple(meta["sample_size"]))
     load_checkpoint(path, {"ema" if use_ema else "unet": unet})
     return unet.to(device).eval(), meta
