@@ -12,7 +12,8 @@ table goes to stdout and ``OUT`` (json).
 
     python benchmarks/ddpm_convergence.py --run runs/study/seed0 --out runs/study/seed0/ddpm_convergence.json
 
-Cost on the 2-core CPU: about 20 s per snapshot for 32 samples at 64x128.
+Cost measured on the shared 2-core CPU (one torch thread, other jobs running): about 4
+minutes per snapshot for 32 samples at 64x128.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ with k respaced reverse steps (the run's sampler and guidance settings from its
 - distance: patch SWD x1e3 to target val (:mod:`diffdass.evaluation.distance`);
 - seconds per image on this machine.
 
-Example (about 10 minutes on the 2-core CPU for 32 images and steps 6, 12, 24)::
+Example (16 images and steps 6, 12, 24 took about 7 minutes on the shared 2-core CPU)::
 
-    python benchmarks/reverse_steps.py --run runs/benchmark --n 300 --steps 6 12 24 --images 32
+    python benchmarks/reverse_steps.py --run runs/benchmark --n 300 --steps 6 12 24 --images 16
 
 Same noise seed for every k, so rows differ only by the number of steps.
 """
