@@ -103,6 +103,9 @@ def test_shipped_configs_load_and_validate():
     assert len(paper) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
     assert [f.name for f in files if f not in paper] == [
         "benchmark_study.yaml",
+        "cicld_benchmark.yaml",
+        "cicld_gta5.yaml",
+        "cicld_synthia.yaml",
         "custom_small.yaml",
     ]
     for f in [*files, DEFAULT_CONFIG]:

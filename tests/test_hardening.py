@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffdass.adaptation.seg_training import TrainSegConfig, _pretrained, train_segmenter
+from diffdass.adaptation.seg_training import TrainSegConfig, pretrained_arg, train_segmenter
 from diffdass.cli.common import build_config
 from diffdass.cli.main import app
 from diffdass.models.factory import build_segmenter
@@ -180,7 +180,7 @@ def test_set_keeps_the_text_of_string_fields():
     assert cfg.source.split == "2e1"
     assert cfg.source.root == "1e5"
     assert cfg.model.arch == "010"
-    assert cfg.model.pretrained == "no" and _pretrained(cfg.model.pretrained) is False
+    assert cfg.model.pretrained == "no" and pretrained_arg(cfg.model.pretrained) is False
 
 
 def test_set_still_parses_numbers_booleans_and_lists():

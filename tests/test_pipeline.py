@@ -310,6 +310,26 @@ def test_option_rows_are_valid_and_distinct(tmp_path):
     assert len(sigs) == len(ROWS["options"]) + 1
 
 
+def test_control_row_has_the_full_methods_budget_without_translation(tmp_path):
+    """The control row fine-tunes g_0 as long as the full method, on phi^1 (one reverse step
+    from t = 1: the source image plus noise of std 0.01), unguided."""
+    from diffdass.cli.ablate import ROWS, row_configs
+    from diffdass.cli.pipeline import _fill
+    from diffdass.diffusion.schedule import DDPMSchedule
+    from diffdass.utils.config import validate_tree
+
+    cfg = _fill(tiny_config(tmp_path / "run"))
+    (row,) = ROWS["control"]
+    ptl_cfg, so = row_configs(cfg, row, tmp_path / "r")
+    validate_tree(ptl_cfg)
+    assert so is None and ptl_cfg.levels() == [1] and ptl_cfg.guidance.kind == "none"
+    assert ptl_cfg.reverse_calls(1) == 1
+    full_images = cfg.ptl.iterations_per_domain * len(cfg.ptl.levels()) * cfg.ptl.batch_size
+    assert ptl_cfg.iterations_per_domain * ptl_cfg.batch_size == full_images
+    noise_std = float((1 - DDPMSchedule(num_timesteps=1000).alphas_cumprod[0]).sqrt())
+    assert noise_std == pytest.approx(0.01, rel=1e-3)
+
+
 def test_translation_reuse_translates_fewer_images_same_budget(pipeline_run, tmp_path):
     pipe_out, _ = pipeline_run
     cfg = _ptl_cfg(pipe_out, num_domains=1, translation_reuse=2)

@@ -512,7 +512,8 @@ def load_cicld(path: str | Path, device: str | torch.device = "cpu", seed: int =
 RESUME_IGNORE = ("num_workers", "checkpoint_every", "device")
 
 
-def _loader(ds, batch_size: int, seed: int, start: int, stop: int, workers: int):
+def stream_loader(ds, batch_size: int, seed: int, start: int, stop: int, workers: int):
+    """Batches ``start .. stop-1`` of the seeded stream of ``ds`` (one process)."""
     return torch.utils.data.DataLoader(
         StreamDataset(ds),
         batch_sampler=StreamBatchSampler(len(ds), batch_size, seed, start, stop),
@@ -558,8 +559,8 @@ def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
     history = (read_json(hist_path) if hist_path.is_file() else [])[:start]
     seed_t = step_seed(cfg.seed, 0, 7)  # the target stream's own permutation seed
     loaders = zip(  # both streams have stop - start batches
-        _loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers),
-        _loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers),
+        stream_loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers),
+        stream_loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers),
         strict=True,
     )
     bar = Progress(total, start, "cicld", enabled=progress, logger=run.logger, run=run)

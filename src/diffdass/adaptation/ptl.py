@@ -19,6 +19,13 @@ The run is resumable at domain granularity: a checkpoint is written after each d
 everything random in domain k (batch order, augmentation, translation noise, RandMix
 arrangement, dropout) is seeded from ``(seed, k)`` / ``(seed, iteration)``, so a run killed
 at any moment (mid-domain included) ends with the same weights as an uninterrupted one.
+
+Several processes (``accelerate launch``): the translation batches of a domain are shared out
+among the processes (batch j to process j mod processes; each batch's noise and guidance
+depend only on (seed, k, j), so every translation equals the one-process one) and gathered
+by all; fine-tuning is data-parallel like ``train-seg`` (each process a slice of every global
+batch). Checkpoints (after each domain, no process-dependent state), strips, history and
+metrics are written by the main process; a run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import read_json, save_image, write_json
@@ -198,12 +206,15 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("complete"):
-        with run.open(cfg, RESUME_IGNORE):
+        with dist.main_open(run, cfg, RESUME_IGNORE):
             run.logger.info("already complete: %s", final)
         return done
     scans = preflight(cfg)
-    with run.open(cfg, RESUME_IGNORE):
-        return _run(cfg, run, scans, progress)
+    dist.local_batch_size(cfg.batch_size)  # before anything is written
+    with dist.main_open(run, cfg, RESUME_IGNORE):
+        out = _run(cfg, run, scans, progress and dist.is_main())
+    dist.barrier()  # the checkpoints exist for every process when this returns
+    return out
 
 
 def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
@@ -214,7 +225,8 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
 
     src_scan, val_scan = scans
     final = run.ckpt_dir / "final.safetensors"
-    device = resolve_device(cfg.device)
+    device = dist.device(resolve_device(cfg.device))
+    main = dist.is_main()
     unet, dmeta = load_ddpm(cfg.ddpm, device)
     moments = ddpm_moments(dmeta)
     cfg.sampler.options(moments, cfg.guidance)  # a missing requirement fails before any work
@@ -264,13 +276,19 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         cfg.cost(),
     )
     bar = Progress(
-        len(levels), start_k, "ptl", enabled=progress, unit="domain", logger=run.logger, run=run
+        len(levels),
+        start_k,
+        "ptl",
+        enabled=progress,
+        unit="domain",
+        logger=run.logger if main else None,
+        run=run,
     )
     t_run = time.perf_counter()
     imgs_done = 0
     for k in range(start_k, len(levels)):
         n = levels[k]
-        if strip_idx:  # X^n of a few fixed images, guided by g_{k-1} like the domain itself
+        if strip_idx and main:  # X^n of a few fixed images, guided by g_{k-1} like the domain
             _save_strip(
                 cfg,
                 k,
@@ -299,10 +317,14 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
             trainer.model.train()
         history.append(rec)
         # domain k is complete: the checkpoint and history move together
-        save_checkpoint(
-            last, {"model": trainer.model}, trainer.optimizer, meta | {"domain": k + 1, "n": n}
-        )
-        write_json(hist_path, history)
+        if main:
+            save_checkpoint(
+                last,
+                {"model": trainer.model},
+                trainer.optimizer,
+                meta | {"domain": k + 1, "n": n},
+            )
+            write_json(hist_path, history)
         run.resume_point = f"the checkpoint after domain {k + 1}"
         el = time.perf_counter() - t_run
         bar.update(1, n=n, loss=rec["loss"], img_s=imgs_done / max(el, 1e-9))
@@ -315,9 +337,10 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
             rec["seconds"],
         )
     bar.close()
-    save_checkpoint(
-        final, {"model": trainer.model}, None, meta | {"domain": len(levels), "n": levels[-1]}
-    )
+    if main:
+        save_checkpoint(
+            final, {"model": trainer.model}, None, meta | {"domain": len(levels), "n": levels[-1]}
+        )
     metrics = {
         "stage": "ptl",
         "complete": True,
@@ -337,8 +360,12 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         )
         metrics["val"] = {k: v for k, v in res.items() if k != "table"}
         history[-1]["val_miou"] = res["miou"]
-        write_json(hist_path, history)
-    run.write_metrics(metrics)
+        if main:
+            write_json(hist_path, history)
+    if trainer.world > 1:
+        metrics["processes"] = trainer.world
+    if main:
+        run.write_metrics(metrics)
     return metrics
 
 
@@ -390,6 +417,10 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
     guide = copy.deepcopy(trainer.model).eval()
     for p in guide.parameters():
         p.requires_grad_(False)
+    if trainer.world > 1:
+        return _run_domain_sharded(
+            cfg, k, n, ds, trainer, unet, schedule, device, moments, keys, guide, t0
+        )
     src_imgs, labels, translated = [], [], []
     tb = cfg.translate_batch_size
     for j, s in enumerate(range(0, len(keys), tb)):
@@ -418,6 +449,70 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
     losses, parts = [], []
     for i in range(iters):
         sl = order[i * bs : (i + 1) * bs]
+        batches = [(xn[sl].float(), ys[sl])]
+        if cfg.loss_src:
+            batches.append((xs[sl].float(), ys[sl]))
+        st = trainer.step(first_it + i, batches)
+        losses.append(st["loss"])
+        parts.append(st["parts"])
+    pa = np.asarray(parts)
+    return {
+        "domain": k + 1,
+        "n": n,
+        "reverse_steps": cfg.reverse_calls(n) if cfg.domains == "spread" else n,
+        "translated_images": len(keys),
+        "loss": float(np.mean(losses)),
+        "loss_ada": float(pa[:, 0].mean()),
+        "loss_src": float(pa[:, 1].mean()) if cfg.loss_src else None,
+        "translate_seconds": t_tr,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _run_domain_sharded(
+    cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments, keys, guide, t0
+) -> dict:
+    """:func:`_run_domain` on several processes: translation batch j on process
+    j mod processes, the translations gathered by all, then data-parallel fine-tuning."""
+    iters, bs = cfg.iterations_per_domain, cfg.batch_size
+    first_it = k * iters
+    stream = StreamDataset(ds)
+    tb = cfg.translate_batch_size
+    starts = list(range(0, len(keys), tb))
+    mine = set(dist.shard(range(len(starts))))
+    src_imgs, labels, done = [], [], []
+    for j, s in enumerate(starts):
+        items = [stream[key] for key in keys[s : s + tb]]
+        x0 = torch.stack([it["image"] for it in items])
+        y = torch.stack([it["label"] for it in items])
+        src_imgs.append(x0.half())
+        labels.append(y)
+        if j not in mine:
+            continue
+        xg = _translate(
+            cfg,
+            x0.to(device),
+            y.to(device),
+            n,
+            unet,
+            schedule,
+            guide,
+            batch_generator(_domain_seed(cfg.seed, k, 0), j),
+            _domain_seed(cfg.seed, k, 1) + j,
+            moments,
+        )
+        done.append((j, xg.cpu().half()))
+    del guide
+    gathered = dict(dist.gather_objects(done))
+    translated = [gathered[j] for j in range(len(starts))]
+    t_tr = time.perf_counter() - t0
+    xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
+    order = _pool_order(len(keys), iters * bs, _domain_seed(cfg.seed, k, 2))
+    b = dist.local_batch_size(bs)
+    off = dist.batch_offset(b)
+    losses, parts = [], []
+    for i in range(iters):
+        sl = order[i * bs : (i + 1) * bs][off : off + b]  # this process's slice
         batches = [(xn[sl].float(), ys[sl])]
         if cfg.loss_src:
             batches.append((xs[sl].float(), ys[sl]))

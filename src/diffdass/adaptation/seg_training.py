@@ -6,6 +6,15 @@ Reproducibility: the batch order and augmentation of iteration ``it`` depend onl
 is re-seeded from ``(seed, it)`` before every step (dropout, noisy-masked augmentation).
 A run resumed from its checkpoint therefore ends with the same weights as an
 uninterrupted one (bit for bit on CPU).
+
+Several processes (``accelerate launch``, :mod:`diffdass.utils.distributed`): each process
+trains on a contiguous slice of the same global batch (``batch_size / processes`` samples),
+BatchNorm statistics are those of the global batch, the loss is normalised by the global
+number of labelled pixels and the gradients are summed over processes, so a step computes
+the one-process step (up to floating-point summation order; dropout masks are drawn per
+process). Checkpoints, history and metrics are written by the main process; they hold the
+global iteration and no process-dependent state, so a run resumes with any number of
+processes.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
+from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
@@ -150,14 +160,16 @@ class SegTrainer:
         # concatenation (BatchNorm statistics of both) instead of one forward each
         self.joint_bn = joint_bn
         self.noisy_masked = noisy_masked
-        self.optimizer = build_optimizer(model, optim)
+        self.world = dist.world_size()
+        if self.world > 1:
+            # every process starts from the main one's weights; BatchNorm sees the global batch
+            dist.broadcast_module(self.model)
+            self.model = dist.sync_batchnorm(self.model)
+        self.optimizer = build_optimizer(self.model, optim)
 
     def lr_at(self, it: int) -> float:
-        """Base lr of iteration ``it``: poly decay, times ``(it + 1) / warmup`` while warming up."""
-        lr = self.cfg.lr * (1 - min(it, self.total) / self.total) ** self.cfg.poly_power
-        if self.cfg.warmup > 0 and it < self.cfg.warmup:
-            lr *= (it + 1) / self.cfg.warmup
-        return lr
+        """Base lr of iteration ``it`` (:func:`poly_lr`)."""
+        return poly_lr(self.cfg, it, self.total)
 
     def _set_lr(self, it: int) -> float:
         lr = self.lr_at(it)
@@ -166,7 +178,12 @@ class SegTrainer:
         return lr
 
     def step(self, it: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-        """One optimisation step at iteration ``it`` (0-based) on the sum of the batch losses."""
+        """One optimisation step at iteration ``it`` (0-based) on the sum of the batch losses.
+
+        Several processes: ``batches`` are this process's slices of the global batches
+        (:meth:`_step_sharded`)."""
+        if self.world > 1:
+            return self._step_sharded(it, batches)
         self.model.train()
         if self.freeze_bn:
             set_bn_eval(self.model)
@@ -210,6 +227,61 @@ class SegTrainer:
             "augmented": n_aug,
         }
 
+    def _step_sharded(self, it: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """:meth:`step` on this process's slices of the global batches: the same random
+        draws as one process (noisy-masked augmentation drawn for the global batch), each
+        batch's cross-entropy summed locally and divided by its global count of labelled
+        pixels, the gradients summed over processes."""
+        self.model.train()
+        if self.freeze_bn:
+            set_bn_eval(self.model)
+        rank = dist.rank()
+        # dropout: a stream of its own per process (rank 0 keeps the one-process seed)
+        s1 = step_seed(self.seed, it, 1)
+        torch.manual_seed(s1 if rank == 0 else derive_seed(s1, rank))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, it, 2))
+        lr = self._set_lr(it)
+        self.optimizer.zero_grad(set_to_none=True)
+        n_aug = 0
+        prepared = []
+        for images, labels in batches:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.noisy_masked is not None:
+                images, labels, k = _augment_slice(self.noisy_masked, images, labels, gen)
+                n_aug += k
+            prepared.append((images, labels))
+        counts = dist.all_reduce_sum(
+            torch.stack([(lb != 255).sum() for _, lb in prepared]).to(torch.float64)
+        )
+        if self.joint_bn and len(prepared) > 1:
+            sizes = [x.shape[0] for x, _ in prepared]
+            x_all = torch.cat([x for x, _ in prepared])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                logits_all = self.model(x_all)
+            logits = list(logits_all.split(sizes))
+        else:
+            logits = []
+            for images, _ in prepared:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    logits.append(self.model(images))
+        parts = [
+            _ce_sum(lg, lb) / counts[i].to(torch.float32)
+            for i, (lg, (_, lb)) in enumerate(zip(logits, prepared, strict=True))
+        ]
+        local = torch.stack(parts)
+        glob = dist.all_reduce_sum(local.detach())
+        loss = glob.sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {it} (parts {glob.tolist()}); "
+                "lower the learning rate or check the data; no checkpoint was written"
+            )
+        local.sum().backward()
+        dist.all_reduce_gradients(self.model.parameters())
+        self.optimizer.step()
+        return {"loss": loss.item(), "parts": glob.tolist(), "lr": lr, "augmented": n_aug}
+
     def save(self, path: Path, it: int, meta: dict | None = None) -> Path:
         m = dict(meta or {})
         m["iteration"] = it
@@ -220,10 +292,37 @@ class SegTrainer:
         return int(meta["iteration"])
 
 
+def _ce_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255):
+    """:func:`ce_loss` summed over the labelled pixels instead of averaged."""
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+
+
+def _augment_slice(nm: NoisyMaskedAugment, images, labels, gen):
+    """The noisy-masked augmentation of this process's slice of a global batch, with the
+    draws of the global batch: the slice sits at its place in a global-sized batch whose
+    other samples are unlabelled (the augmentation skips them), so ``gen`` advances as in
+    one process and every sample gets the noise, timestep and class it gets there."""
+    b, world = images.shape[0], dist.world_size()
+    off = dist.batch_offset(b)
+    full_x = images.new_zeros((b * world, *images.shape[1:]))
+    full_y = labels.new_full((b * world, *labels.shape[1:]), 255)
+    full_x[off : off + b] = images
+    full_y[off : off + b] = labels
+    x, y, k = nm(full_x, full_y, gen)
+    return x[off : off + b], y[off : off + b], k
+
+
 def make_loader(
     dataset: FolderDataset, batch_size: int, seed: int, start: int, stop: int, num_workers: int
 ) -> torch.utils.data.DataLoader:
+    """Batches ``start .. stop-1`` of the seeded stream; several processes: each gets its
+    slice (``batch_size`` is the global batch, divisible by the number of processes)."""
     sampler = StreamBatchSampler(len(dataset), batch_size, seed, start, stop)
+    if dist.launched():
+        dist.local_batch_size(batch_size)
+        sampler = dist.ShardedBatchSampler(sampler)
     return torch.utils.data.DataLoader(
         StreamDataset(dataset),
         batch_sampler=sampler,
@@ -268,22 +367,26 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
-        with run.open(cfg, RESUME_IGNORE, ITERATIONS_HINT):
+        with dist.main_open(run, cfg, RESUME_IGNORE, ITERATIONS_HINT):
             run.logger.info("already trained: %s", final)
         return done
     scan = preflight(cfg)
-    with run.open(cfg, RESUME_IGNORE, ITERATIONS_HINT):
-        return _train(cfg, run, scan, progress)
+    dist.local_batch_size(cfg.batch_size)  # before anything is written
+    with dist.main_open(run, cfg, RESUME_IGNORE, ITERATIONS_HINT):
+        out = _train(cfg, run, scan, progress and dist.is_main())
+    dist.barrier()  # the checkpoints exist for every process when this returns
+    return out
 
 
 def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) -> dict:
     final = run.ckpt_dir / "final.safetensors"
-    device = resolve_device(cfg.device)
+    device = dist.device(resolve_device(cfg.device))
+    main = dist.is_main()
     torch.manual_seed(cfg.seed)
     tf = cfg.aug.transform()
     ds = scan.dataset(tf, seed=cfg.seed)
     model = build_segmenter(
-        cfg.model.arch, ds.classes.num_classes, pretrained=_pretrained(cfg.model.pretrained)
+        cfg.model.arch, ds.classes.num_classes, pretrained=pretrained_arg(cfg.model.pretrained)
     )
     nm = None
     if cfg.noisy_masked.prob > 0:
@@ -307,26 +410,38 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
     run.start()
     history = _load_history(run.path)[:start]
     loader = make_loader(ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers)
-    bar = Progress(cfg.iterations, start, "train-seg", enabled=progress, logger=run.logger, run=run)
+    bar = Progress(
+        cfg.iterations,
+        start,
+        "train-seg",
+        enabled=progress,
+        logger=run.logger if main else None,
+        run=run,
+    )
     t0, seen = time.perf_counter(), 0
     it = start
     for it, batch in enumerate(loader, start=start):
         ds.note_skipped(batch.get("skipped", ()))  # a worker's skips reach this process
         stats = trainer.step(it, [(batch["image"], batch["label"])])
-        seen += batch["image"].shape[0]
+        seen += batch["image"].shape[0] * trainer.world
         ips = seen / max(time.perf_counter() - t0, 1e-9)
         history.append((it, stats["loss"]))
         if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            trainer.save(last, it + 1, meta)
-            _save_history(run.path, history)
+            if main:
+                trainer.save(last, it + 1, meta)
+                _save_history(run.path, history)
             run.resume_point = f"the checkpoint at iteration {it + 1}"
         bar.update(1, loss=stats["loss"], lr=stats["lr"], img_s=ips)
     bar.close()
-    if ds.skipped:
-        run.logger.warning("skipped %d bad samples: %s", len(ds.skipped), ds.skipped)
-    save_checkpoint(final, {"model": trainer.model}, None, meta | {"iteration": cfg.iterations})
-    trainer.save(last, cfg.iterations, meta)
-    _save_history(run.path, history)
+    skipped = ds.skipped
+    if trainer.world > 1:
+        skipped = list(dict.fromkeys(dist.gather_objects(list(ds.skipped))))
+    if skipped and main:
+        run.logger.warning("skipped %d bad samples: %s", len(skipped), skipped)
+    if main:
+        save_checkpoint(final, {"model": trainer.model}, None, meta | {"iteration": cfg.iterations})
+        trainer.save(last, cfg.iterations, meta)
+        _save_history(run.path, history)
     losses = [loss for _, loss in history]
     k = max(1, len(losses) // 10)
     metrics = {
@@ -335,16 +450,28 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
         "arch": cfg.model.arch,
         "loss_first": float(sum(losses[:k]) / k) if losses else math.nan,
         "loss_last": float(sum(losses[-k:]) / k) if losses else math.nan,
-        "skipped_samples": ds.skipped,
+        "skipped_samples": skipped,
         "checkpoint": str(final),
         "device": str(device),
     }
-    run.write_metrics(metrics)
-    run.logger.info("done: %s", metrics)
+    if trainer.world > 1:
+        metrics["processes"] = trainer.world
+    if main:
+        run.write_metrics(metrics)
+        run.logger.info("done: %s", metrics)
     return metrics
 
 
-def _pretrained(v: str) -> bool | str:
+def poly_lr(optim, it: int, total: int) -> float:
+    """Base lr of iteration ``it`` of ``total`` under an ``OptimConfig``: poly decay, times
+    ``(it + 1) / warmup`` while warming up."""
+    lr = optim.lr * (1 - min(it, total) / total) ** optim.poly_power
+    if optim.warmup > 0 and it < optim.warmup:
+        lr *= (it + 1) / optim.warmup
+    return lr
+
+
+def pretrained_arg(v: str) -> bool | str:
     """``model.pretrained``: none (or a YAML false) | imagenet (or a YAML true) | a file path."""
     if v.lower() in ("none", "", "false", "no", "off"):
         return False

@@ -4,6 +4,11 @@
 sampler of :mod:`diffdass.diffusion`; ``translate_dataset`` (``diffdass translate``) runs it
 over a labeled split and writes the result in the folder format (translated images with
 the *source* labels) plus preview sheets (source | label | baseline | guided).
+
+Several processes (``accelerate launch``): ``translate_dataset`` gives batch b to process
+b mod processes (each batch's noise depends only on (seed, b), so every image equals its
+one-process translation); each process writes its own images, the main one the preview
+sheet (rows gathered from all) and the metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from diffdass.diffusion.guidance import build_guidance
 from diffdass.diffusion.moments import EpsMoments
 from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.utils import distributed as dist
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import save_image
 from diffdass.utils.progress import Progress
@@ -253,8 +259,10 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
     run = RunDir(out, "translate", artifacts=("dataset/*/images/*",))
     run.check(cfg, RESUME_IGNORE)
     scan = preflight(cfg)
-    with run.open(cfg, RESUME_IGNORE):
-        return _translate_dataset(cfg, run, scan, progress)
+    with dist.main_open(run, cfg, RESUME_IGNORE):
+        out = _translate_dataset(cfg, run, scan, progress and dist.is_main())
+    dist.barrier()  # every image is written when this returns
+    return out
 
 
 def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
@@ -263,7 +271,8 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
     from diffdass.utils.device import resolve_device
 
     out = run.path
-    device = resolve_device(cfg.device)
+    device = dist.device(resolve_device(cfg.device))
+    world, main = dist.world_size(), dist.is_main()
     unet, meta = load_ddpm(cfg.ddpm, device)
     moments = ddpm_moments(meta)
     size = tuple(cfg.resize) if cfg.resize else tuple(meta["sample_size"])
@@ -274,7 +283,8 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
     schedule = DDPMSchedule(num_timesteps=int(meta.get("num_timesteps", 1000)))
     dst = Path(out) / "dataset"
     run.start()
-    ds.classes.save(dst)
+    if main:
+        ds.classes.save(dst)
     split = cfg.source.split
     n_items = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
     bs = cfg.batch_size
@@ -289,11 +299,15 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
         run=run,
     )
     preview_rows: list[list[np.ndarray]] = []
+    indexed_rows: list[tuple[int, list[np.ndarray]]] = []  # several processes
     for b, start in enumerate(range(0, n_items, bs)):
+        if world > 1 and b % world != dist.rank():
+            continue  # another process's batch
         idx = list(range(start, min(start + bs, n_items)))
         items = [ds[i] for i in idx]
         outs = [dst / split / "images" / f"{it['stem']}.png" for it in items]
-        need_preview = len(preview_rows) < cfg.preview
+        # the preview shows the first cfg.preview images (several processes: by index)
+        need_preview = len(preview_rows) < cfg.preview if world == 1 else start < cfg.preview
         if all(p.is_file() for p in outs) and not need_preview:
             skipped += len(idx)
             bar.update(len(idx))
@@ -336,21 +350,27 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
                     sampler=cfg.sampler,
                     moments=moments,
                 )
-            for it, xb, xg in zip(items, base, guided, strict=True):
-                if len(preview_rows) < cfg.preview:
+            for i, it, xb, xg in zip(idx, items, base, guided, strict=True):
+                if (len(preview_rows) if world == 1 else i) < cfg.preview:
                     lbl = colorize(it["label"].numpy().astype(np.uint8), ds.classes.palette)
-                    preview_rows.append(
-                        [
-                            tensor_to_image(it["image"]),
-                            lbl,
-                            tensor_to_image(xb),
-                            tensor_to_image(xg),
-                        ]
-                    )
+                    row = [
+                        tensor_to_image(it["image"]),
+                        lbl,
+                        tensor_to_image(xb),
+                        tensor_to_image(xg),
+                    ]
+                    if world == 1:
+                        preview_rows.append(row)
+                    else:
+                        indexed_rows.append((i, row))
         done += len(idx)
         bar.update(len(idx))
     bar.close()
-    if preview_rows:
+    if world > 1:  # rows in image order, counts of every process
+        preview_rows = [r for _, r in sorted(dist.gather_objects(indexed_rows), key=lambda t: t[0])]
+        done = int(dist.all_reduce_sum(torch.tensor(done)))
+        skipped = int(dist.all_reduce_sum(torch.tensor(skipped)))
+    if preview_rows and main:
         save_image(Path(out) / "previews" / "sheet.png", preview_sheet(preview_rows))
     secs = time.perf_counter() - t0
     steps = cfg.respace_steps if cfg.respace_steps and cfg.respace_steps < cfg.n else cfg.n
@@ -367,5 +387,8 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
         "image_steps_per_second": done * steps / secs if done else None,
         "dataset": str(dst),
     }
-    run.write_metrics(metrics)
+    if world > 1:
+        metrics["processes"] = world
+    if main:
+        run.write_metrics(metrics)
     return metrics

@@ -8,17 +8,26 @@ with the row's overrides and is scored on the labeled target split. Every row re
 finished work, so an interrupted ablation continues where it stopped, and rows whose
 training is identical (the full method is row (f) of Table 2, (b) of Table 3, (c) of
 Table 5 and (b) of appendix C; it is also the shared run's own PTL stage) are computed once.
+
+CICLD's ablations (groups ``cicld_table1``: conditioning x inter-coder connection, and
+``cicld_table2``: the adversarial loss) are rows of the same kind: overrides of the config's
+``cicld`` section, trained by ``train_cicld`` in the row's folder. They need a config with a
+``cicld`` section (e.g. ``configs/cicld_benchmark.yaml``); the full CICLD is the shared run's
+own ``cicld`` stage, and the DACS baseline (when the config has a ``dacs`` section) is a shared
+row like AdaBN.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffdass.adaptation.cicld import train_cicld
 from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import train_segmenter
 from diffdass.cli.pipeline import PipelineConfig, _fill, evaluate_checkpoint, run_pipeline
@@ -31,10 +40,14 @@ from diffdass.utils.io import atomic_write_bytes, atomic_write_text, read_json, 
 class Row:
     group: str
     name: str
-    paper: str  # the paper's number for G->C, R101, for orientation only
+    # the paper's number for G->C, for orientation only (PTL rows: Peng et al. with
+    # DeepLab-V2 R101; CICLD rows: Yu et al.)
+    paper: str
     ptl: dict = field(default_factory=dict)  # overrides of the PTL config
     source_only: dict = field(default_factory=dict)  # overrides of g_0 training (own g_0)
     single_domain: bool = False  # translate once at n = N, same fine-tuning budget
+    cicld: dict = field(default_factory=dict)  # overrides of the cicld section (CICLD rows)
+    method: str = "ptl"  # what the row trains: "ptl" or "cicld"
 
 
 ROWS: dict[str, list[Row]] = {
@@ -72,6 +85,18 @@ ROWS: dict[str, list[Row]] = {
         ),
         Row("appendix_c", "(b) with augmentation", "61.9", {}),
     ],
+    # not in the paper: the same fine-tuning budget with (almost) no translation -- phi^1 is
+    # the source image plus noise of std 0.01, unguided -- separates what the translations add
+    # from what more training of g_0 adds (g_0 is the row's starting point, not a converged model)
+    "control": [
+        Row(
+            "control",
+            "g_0 fine-tuned on source only (phi^1, no guidance)",
+            "",
+            {"guidance.kind": "none", "n_max": 1},
+            single_domain=True,
+        ),
+    ],
     # beyond the paper: the toolkit's options, each against the full method (same seed)
     "options": [
         Row(
@@ -94,6 +119,48 @@ ROWS: dict[str, list[Row]] = {
     ],
 }
 ADABN = "AdaBN (g_0 with target BN statistics)"
+DACS = "DACS baseline (g_0 + ClassMix self-training)"
+
+
+#: CICLD Table 1, G->C: (inter-coder connection, conditioning) -> the paper's mIoU
+CICLD_TABLE1_PAPER = {
+    (False, False): "58.3",
+    (False, True): "69.3",
+    (True, False): "68.4",
+    (True, True): "74.4",
+}
+
+
+def cicld_table1_rows() -> list[Row]:
+    """CICLD Table 1: the inter-coder connection x the conditioning (Eq. 5), each on and off,
+    every row stating both switches; the last row (both on) is the full CICLD."""
+    rows = []
+    for letter, (inter, cond) in zip(
+        "abcd", itertools.product((False, True), repeat=2), strict=True
+    ):
+        name = (
+            f"({letter}) {'with' if inter else 'without'} inter-coder connection, "
+            f"{'conditioned' if cond else 'unconditioned'}"
+        )
+        over = {"model.inter_coder": inter, "model.condition": cond}
+        paper = CICLD_TABLE1_PAPER[inter, cond]
+        rows.append(Row("cicld_table1", name, paper, cicld=over, method="cicld"))
+    return rows
+
+
+#: CICLD Table 2 (the rows our code can train; the CL and MMD rows need those losses)
+CICLD_TABLE2 = (
+    ("(a) L_cls only", "42.8", {"adv": "none"}),
+    ("(b) L_cls + 2-class L_adv (fake labels)", "65.7", {"adv": "2class"}),
+    ("(c) L_cls + 3-class L_adv (full)", "74.4", {"adv": "3class"}),
+)
+ROWS["cicld_table1"] = cicld_table1_rows()
+ROWS["cicld_table2"] = [
+    Row("cicld_table2", name, paper, cicld=over, method="cicld")
+    for name, paper, over in CICLD_TABLE2
+]
+#: the methods a row can train, each the name of a pipeline section and summary row
+METHODS = ("ptl", "cicld")
 
 
 def sweep_rows(kind: str, values: list[float]) -> list[Row]:
@@ -154,10 +221,42 @@ def training_signature(ptl_cfg, so_cfg) -> str:
     return json.dumps({"ptl": d, "g0": to_dict(so_cfg) if so_cfg else None}, sort_keys=True)
 
 
+def cicld_row_config(base: PipelineConfig, row: Row):
+    """The CICLD config of a CICLD ``row``: the (filled) ``cicld`` section with its overrides."""
+    return _apply(base.cicld, row.cicld)
+
+
+def row_signature(base: PipelineConfig, row: Row, out: Path) -> str:
+    """What determines a row's trained model: :func:`training_signature` for PTL rows, the
+    CICLD config (minus settings that do not touch training) for CICLD rows."""
+    if row.method == "cicld":
+        d = to_dict(cicld_row_config(base, row))
+        for k in ("num_workers", "checkpoint_every"):
+            d.pop(k, None)
+        return json.dumps({"cicld": d}, sort_keys=True)
+    return training_signature(*row_configs(base, row, out))
+
+
+def check_methods(cfg: PipelineConfig, rows: list[Row]) -> None:
+    """Every method the rows train has its section in the config (before anything runs)."""
+    for method in sorted({r.method for r in rows}):
+        if getattr(cfg, method) is None:
+            groups = sorted({r.group for r in rows if r.method == method})
+            raise ConfigError(
+                f"the rows of {', '.join(groups)} train {method} and need a `{method}` section in "
+                "the config (e.g. configs/cicld_benchmark.yaml for CICLD)"
+            )
+
+
 def run_row(base: PipelineConfig, row: Row, seed_dir: Path, progress: bool) -> float:
     """Run one ablation row on top of the seed's shared stages; returns target mIoU."""
     out = seed_dir / _slug(row)
     key = base.evaluation.class_sets[0]
+    if row.method == "cicld":
+        train_cicld(cicld_row_config(base, row), out / "cicld", progress)
+        ckpt = out / "cicld" / "checkpoints" / "final.safetensors"
+        res = evaluate_checkpoint(ckpt, base.val, base.evaluation, out / "eval", base.device)
+        return float(res["miou"][key])
     ptl_cfg, so = row_configs(base, row, out)
     if so is not None:
         train_segmenter(so, out / "source_only", progress)
@@ -215,6 +314,7 @@ def run_ablation(
     are always there.
     """
     rows = select_rows(groups, sweep_n, sweep_lambda, only)
+    check_methods(cfg, rows)
     out = Path(out)
     results_path = out / "ablation.json"
     results: dict = read_json(results_path) if results_path.is_file() else {}
@@ -236,13 +336,19 @@ def run_ablation(
             res[ADABN] = summary["miou"]["adabn"]
         if "oracle" in summary["miou"]:
             res["target oracle"] = summary["miou"]["oracle"]
+        if "dacs" in summary["miou"]:
+            res[DACS] = summary["miou"]["dacs"]
         # rows whose training is identical (the full method appears in Tables 2, 3, 5 and
-        # appendix C) are computed once; the full method is the shared run's own PTL stage
-        full_sig = training_signature(*row_configs(base, Row("", "", ""), seed_dir))
-        done = {full_sig: summary["miou"]["ptl"]}
+        # appendix C, the full CICLD in both of its tables) are computed once; each full
+        # method is the shared run's own stage (ptl, cicld)
+        done = {
+            row_signature(base, Row("", "", "", method=m), seed_dir): summary["miou"][m]
+            for m in METHODS
+            if getattr(base, m) is not None
+        }
         for row in rows:
             label = f"{row.group}: {row.name}"
-            sig = training_signature(*row_configs(base, row, seed_dir / _slug(row)))
+            sig = row_signature(base, row, seed_dir / _slug(row))
             if label in res:
                 done.setdefault(sig, res[label])
                 continue
@@ -263,6 +369,10 @@ def run_ablation(
 
 
 FULL = "table2: (f) full"
+CICLD_FULL = "cicld_table1: (d) with inter-coder connection, conditioned"
+#: the row each method's rows are compared with (paired, same seed)
+FULL_OF = {"ptl": FULL, "cicld": CICLD_FULL}
+SHARED = ("source-only g_0", ADABN, DACS, "target oracle")
 
 
 def _sweep_key(label: str) -> tuple[str, float, str]:
@@ -285,9 +395,7 @@ def table_rows(results: dict, rows: list[Row]) -> list[Row]:
         if f"{r.group}: {r.name}" not in labels:
             out.append(r)
             labels.add(f"{r.group}: {r.name}")
-    for lab in sorted(
-        present - labels - {"source-only g_0", "target oracle", ADABN}, key=_sweep_key
-    ):
+    for lab in sorted(present - labels - set(SHARED), key=_sweep_key):
         group, _, name = lab.partition(": ")
         out.append(Row(group, name, ""))  # sweeps of earlier calls
     return out
@@ -295,14 +403,16 @@ def table_rows(results: dict, rows: list[Row]) -> list[Row]:
 
 def format_table(results: dict, rows: list[Row], key: str) -> str:
     """Markdown: per row the mean, sample std and per-seed values of target mIoU, and the
-    paired difference to the full method (same seed) as mean +- std over the seeds that
-    have both; the paper's G->C number for orientation."""
+    paired difference to the full method of the row's kind (PTL's or CICLD's; the shared rows
+    against PTL's; same seed) as mean +- std over the seeds that have both; the paper's G->C
+    number for orientation."""
     seeds = sorted(results, key=int)
-    labels = ["source-only g_0", ADABN, "target oracle"] + [f"{r.group}: {r.name}" for r in rows]
+    labels = [*SHARED, *(f"{r.group}: {r.name}" for r in rows)]
     paper = {f"{r.group}: {r.name}": r.paper for r in rows} | {"source-only g_0": "37.3"}
+    fulls = {f"{r.group}: {r.name}": FULL_OF[r.method] for r in rows}
     lines = [
         f"| row | target mIoU{key} mean | std | n seeds | per seed | minus full (paired) "
-        "| paper (G->C, R101) |",
+        "| paper (G->C; PTL rows: R101) |",
         "|---|---:|---:|---:|---|---:|---:|",
     ]
     for lab in labels:
@@ -312,11 +422,12 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
         mean = statistics.fmean(vals)
         std = f"{statistics.stdev(vals):.1f}" if len(vals) > 1 else "-"
         per = ", ".join(f"{v:.1f}" for v in vals)
+        full = fulls.get(lab, FULL)
         diffs = [
-            results[s][lab] - results[s][FULL] for s in seeds if {lab, FULL} <= results[s].keys()
+            results[s][lab] - results[s][full] for s in seeds if {lab, full} <= results[s].keys()
         ]
         delta = ""
-        if diffs and lab != FULL:
+        if diffs and lab != full:
             delta = f"{statistics.fmean(diffs):+.1f}"
             if len(diffs) > 1:
                 delta += f" +- {statistics.stdev(diffs):.1f}"

@@ -402,6 +402,8 @@ def run(
 ):
     """The whole pipeline: benchmark (if enabled) -> source-only -> DDPM -> PTL -> evaluation -> report.
 
+    Optional config sections add stages: `cicld` (CICLD) and `dacs` (the DACS baseline, from
+    g_0); `ptl: null` leaves out the DDPM and PTL (e.g. configs/cicld_benchmark.yaml).
     Stages whose outputs exist are reused, so re-running continues an interrupted job.
     """
     from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig, run_pipeline
@@ -419,6 +421,14 @@ def run(
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
 
 
+#: the adaptation rows of the printed summary: key -> (label, name in sentences, symbol)
+SUMMARY_METHODS = {
+    "ptl": ("the method: g_N after PTL on guided diffusion translations", "the method", "g_N"),
+    "cicld": ("CICLD: EMA student of the adversarial latent diffusion", "CICLD", "CICLD"),
+    "dacs": ("DACS baseline: g_0 + ClassMix self-training (EMA teacher)", "DACS", "DACS"),
+}
+
+
 def summary_lines(summary: dict) -> list[str]:
     """What a finished run demonstrates, in a few lines: every row on the same target split."""
     m, cs = summary["miou"], summary["class_set"]
@@ -430,19 +440,31 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(
             f"  AdaBN baseline (g_0 + target BatchNorm statistics)        {m['adabn']:5.1f}"
         )
-    lines.append(f"  the method: g_N after PTL on guided diffusion translations {m['ptl']:5.1f}")
+    methods = {k: v for k, v in SUMMARY_METHODS.items() if k in m}
+    for key, (label, _, _) in methods.items():
+        lines.append(f"  {label:<58} {m[key]:5.1f}")
     if "oracle" in m:
         lines.append(
             f"  target oracle (reads target labels; an upper bound)       {m['oracle']:5.1f}"
         )
         gap = m["oracle"] - m["source_only"]
         if gap > 0:
-            closed = 100 * (m["ptl"] - m["source_only"]) / gap
-            lines.append(f"  the method closes {closed:.0f}% of the source-only -> oracle gap")
+            for key, (_, name, _) in methods.items():
+                closed = 100 * (m[key] - m["source_only"]) / gap
+                lines.append(f"  {name} closes {closed:.0f}% of the source-only -> oracle gap")
     if "adabn" in m:
-        d = m["ptl"] - m["adabn"]
-        verdict = "above" if d > 0 else "not above"
-        lines.append(f"  g_N - AdaBN: {d:+.1f} (the method is {verdict} the AdaBN baseline here)")
+        for key, (_, name, symbol) in methods.items():
+            d = m[key] - m["adabn"]
+            verdict = "above" if d > 0 else "not above"
+            lines.append(
+                f"  {symbol} - AdaBN: {d:+.1f} ({name} is {verdict} the AdaBN baseline here)"
+            )
+    if {"cicld", "dacs"} <= m.keys():
+        d = m["cicld"] - m["dacs"]
+        lines.append(
+            f"  CICLD - DACS: {d:+.1f} (the diffusion segmenter against the same self-training"
+            " without diffusion)"
+        )
     sm = summary.get("stage_metrics")
     if sm and sm.get("along_n"):
         last = sm["along_n"][-1]
@@ -486,8 +508,11 @@ def ablate(
     rows: Annotated[
         str,
         typer.Option(
-            help="Comma list of groups: table2, table3, table5, appendix_c, options (the"
-            " toolkit's sampler, guidance and BatchNorm options), sweep_n, sweep_lambda."
+            help="Comma list of groups: table2, table3, table5, appendix_c, control (g_0"
+            " fine-tuned with PTL's budget on untranslated source images), options (the"
+            " toolkit's sampler, guidance and BatchNorm options), sweep_n, sweep_lambda;"
+            " CICLD's cicld_table1 (conditioning x inter-coder connection) and cicld_table2"
+            " (adversarial loss), which need a config with a `cicld` section."
         ),
     ] = "table2,table3,table5,appendix_c",
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
@@ -536,6 +561,31 @@ def ablate(
         only=[o.strip() for o in only.split(",") if o.strip()] or None,
     )
     typer.echo(md.read_text())
+
+
+@app.command()
+@friendly_errors
+def estimate(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False
+        ),
+    ] = None,
+    sets: SetOpt = None,
+    processes: Annotated[
+        int, typer.Option(help="N of the projected N-process column (linear scaling).")
+    ] = 8,
+    steps: Annotated[int, typer.Option(help="Timed warm steps per stage.")] = 3,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the estimate as JSON here.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+):
+    """Time a few steps of every stage here; print the projected hours of the whole run."""
+    from diffdass.cli.estimate import run_estimate
+
+    run_estimate(config, sets, processes, steps, json_out, device, echo=typer.echo)
 
 
 @app.command()

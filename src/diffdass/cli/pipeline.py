@@ -2,16 +2,21 @@
 
 Stages (each skipped when its artifacts exist, so an interrupted run continues where it
 stopped): built-in benchmark (if enabled) -> source-only g_0 -> AdaBN baseline (g_0 with
-target BatchNorm statistics, no training) -> [target oracle] -> target DDPM -> PTL ->
-evaluation of g_0, AdaBN and g_N on target val -> HTML report.
+target BatchNorm statistics, no training) -> [target oracle] -> [target DDPM -> PTL] ->
+[CICLD] -> [DACS] -> [stage metrics] -> evaluation of every model on target val -> HTML
+report. The bracketed stages are optional: ``oracle``, ``cicld`` and ``dacs`` run when their
+section is given, the DDPM and PTL unless ``ptl: null``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffdass.adaptation.cicld import CICLDConfig, train_cicld
+from diffdass.adaptation.dacs import DACSConfig, train_dacs
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.adaptation.stage_metrics import StageMetricsSpec, measure_stages
@@ -57,9 +62,17 @@ class PipelineConfig:
     oracle: DomainSpec | None = None  # labeled target train split for an oracle (scale only)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
     source_only: TrainSegConfig = field(default_factory=TrainSegConfig)
+    # the method of Peng et al.: the target DDPM, PTL and the per-stage measurements run
+    # unless ``ptl: null`` (then the ``ddpm`` and ``stage_metrics`` sections are not used)
     ddpm: TrainDDPMConfig = field(default_factory=TrainDDPMConfig)
-    ptl: PTLConfig = field(default_factory=PTLConfig)
+    ptl: PTLConfig | None = field(default_factory=PTLConfig)
     stage_metrics: StageMetricsSpec = field(default_factory=StageMetricsSpec)
+    # CICLD (Yu et al.; docs/cicld.md): runs when the section is given (``cicld: {}`` for
+    # the defaults); its source, target, seed, device and on_error come from the pipeline
+    cicld: CICLDConfig | None = None
+    # DACS baseline (adaptation/dacs.py): runs when given; it starts from g_0, so its
+    # ``init`` and ``model`` are the source-only model's, set by the pipeline
+    dacs: DACSConfig | None = None
 
 
 def _fill(cfg: PipelineConfig) -> PipelineConfig:
@@ -75,22 +88,36 @@ def _fill(cfg: PipelineConfig) -> PipelineConfig:
     for name in ("source", "target", "val"):
         if not getattr(cfg, name).root:
             raise ConfigError(f"{name}.root is required (or enable the built-in benchmark)")
+    g0 = str(out / "source_only" / "checkpoints" / "final.safetensors")
     cfg.source_only.source = cfg.source
     cfg.ddpm.target = cfg.target
-    cfg.ptl.source = cfg.source
-    cfg.ptl.val = cfg.val
-    cfg.ptl.class_sets = cfg.evaluation.class_sets
-    cfg.ptl.eval_input_size = cfg.evaluation.input_size
-    cfg.ptl.init = str(out / "source_only" / "checkpoints" / "final.safetensors")
-    cfg.ptl.ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
-    for stage in (cfg.source_only, cfg.ddpm, cfg.ptl):
+    stages = [cfg.source_only]
+    if cfg.ptl is not None:
+        cfg.ptl.source = cfg.source
+        cfg.ptl.val = cfg.val
+        cfg.ptl.class_sets = cfg.evaluation.class_sets
+        cfg.ptl.eval_input_size = cfg.evaluation.input_size
+        cfg.ptl.init = g0
+        cfg.ptl.ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
+        stages += [cfg.ddpm, cfg.ptl]
+    if cfg.cicld is not None:
+        cfg.cicld.source, cfg.cicld.target = cfg.source, cfg.target
+        stages.append(cfg.cicld)
+    if cfg.dacs is not None:  # DACS continues g_0's training: g_0's weights and architecture
+        cfg.dacs.source, cfg.dacs.target = cfg.source, cfg.target
+        cfg.dacs.init = g0
+        cfg.dacs.model = dataclasses.replace(cfg.source_only.model)
+        stages.append(cfg.dacs)
+    for stage in stages:
         stage.seed = cfg.seed
         stage.device = cfg.device
-    # the source split is shared: source_only.on_error decides for PTL's reads of it too
-    cfg.ptl.on_error = cfg.source_only.on_error
-    validate_tree(cfg.source_only)
-    validate_tree(cfg.ddpm)
-    validate_tree(cfg.ptl)
+    # the source split is shared: source_only.on_error decides for PTL's, CICLD's and DACS's
+    # reads of it too (the DDPM reads only the target, which always raises)
+    for stage in (cfg.ptl, cfg.cicld, cfg.dacs):
+        if stage is not None:
+            stage.on_error = cfg.source_only.on_error
+    for stage in stages:
+        validate_tree(stage)
     return cfg
 
 
@@ -99,17 +126,37 @@ def check_config(cfg: PipelineConfig) -> None:
     :func:`_fill` leaves it)."""
     from diffdass.adaptation.ptl import check_config as check_ptl
 
-    check_ptl(cfg.ptl)
-    if cfg.ptl.n_max > cfg.ddpm.num_timesteps:
-        raise ConfigError(
-            f"ptl.n_max {cfg.ptl.n_max} exceeds ddpm.num_timesteps {cfg.ddpm.num_timesteps}"
-        )
+    if cfg.ptl is not None:
+        check_ptl(cfg.ptl)
+        if cfg.ptl.n_max > cfg.ddpm.num_timesteps:
+            raise ConfigError(
+                f"ptl.n_max {cfg.ptl.n_max} exceeds ddpm.num_timesteps {cfg.ddpm.num_timesteps}"
+            )
     if cfg.evaluation.input_size is not None and (
         len(cfg.evaluation.input_size) != 2 or min(cfg.evaluation.input_size) <= 0
     ):
         raise ConfigError(
             f"evaluation.input_size: expected [H, W], got {cfg.evaluation.input_size}"
         )
+    if cfg.cicld is not None:
+        _check_cicld_sizes(cfg)
+
+
+def _check_cicld_sizes(cfg: PipelineConfig) -> None:
+    """The image sizes CICLD will see that the config fixes (training crop/resize, evaluation
+    input size, the built-in benchmark's size) are divisible by its total downsampling."""
+    f = cfg.cicld.model.total_downsample()
+    bench = [cfg.benchmark.height, cfg.benchmark.width] if cfg.benchmark.enabled else None
+    sizes = {
+        "cicld.aug (training)": cfg.cicld.aug.crop or cfg.cicld.aug.resize or bench,
+        "evaluation.input_size": cfg.evaluation.input_size or bench,
+    }
+    for what, size in sizes.items():
+        if size is not None and (size[0] % f or size[1] % f):
+            raise ConfigError(
+                f"{what}: CICLD sees {size[0]}x{size[1]} images, which must be divisible by "
+                f"{f} (autoencoder x UNet downsampling of cicld.model)"
+            )
 
 
 def scan_data(cfg: PipelineConfig) -> dict:
@@ -136,12 +183,16 @@ _STAGE_OUTPUTS = {
     "ddpm": ("ddpm/checkpoints/*", "ddpm/metrics.json"),
     "ptl": ("ptl/checkpoints/*", "ptl/metrics.json"),
     "stage_metrics": ("stage_metrics/*.json",),
+    "cicld": ("cicld/checkpoints/*", "cicld/metrics.json"),
+    "dacs": ("dacs/checkpoints/*", "dacs/metrics.json"),
 }
 _DEPENDENTS = {
-    "source_only": ("source_only", "oracle", "adabn", "ptl", "stage_metrics"),
+    "source_only": ("source_only", "oracle", "adabn", "ptl", "stage_metrics", "dacs"),
     "ddpm": ("ddpm", "ptl", "stage_metrics"),
     "ptl": ("ptl", "stage_metrics"),
     "stage_metrics": ("stage_metrics",),
+    "cicld": ("cicld",),
+    "dacs": ("dacs",),
 }
 PIPELINE_ARTIFACTS = (
     "summary.json",
@@ -165,17 +216,30 @@ def _unstarted_sections(out: Path):
     return allow
 
 
-def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, device: str) -> dict:
-    """Score a segmenter checkpoint on the labeled target split (cached in out/metrics.json)."""
-    from diffdass.evaluation.evaluate import evaluate
+def load_for_evaluation(ckpt: Path, device):
+    """The inference model of a checkpoint: a CICLD model (:func:`load_cicld`) or a plain
+    segmenter (:func:`load_segmenter`), told apart by the ``arch`` of its metadata."""
     from diffdass.models.checkpoint import load_segmenter
+    from diffdass.utils.checkpoint import read_meta
+
+    if read_meta(ckpt).get("arch") == "cicld":
+        from diffdass.adaptation.cicld import load_cicld
+
+        return load_cicld(ckpt, device)[0]
+    return load_segmenter(ckpt, device)[0]
+
+
+def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, device: str) -> dict:
+    """Score a segmenter (or CICLD) checkpoint on the labeled target split (cached in
+    out/metrics.json)."""
+    from diffdass.evaluation.evaluate import evaluate
     from diffdass.utils.device import resolve_device
 
     mpath = out / "metrics.json"
     if mpath.is_file() and mpath.stat().st_mtime >= ckpt.stat().st_mtime:
         return read_json(mpath)
     dev = resolve_device(device)
-    model, _ = load_segmenter(ckpt, dev)
+    model = load_for_evaluation(ckpt, dev)
     from diffdass.data.scan import scan_split
 
     ds = scan_split(val.root, val.split, "required").dataset()
@@ -297,8 +361,6 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
     )
     oracle_res = None
     if cfg.oracle is not None:
-        import dataclasses
-
         ocfg = dataclasses.replace(cfg.source_only, source=cfg.oracle)
         stage("oracle", lambda: train_segmenter(ocfg, out / "oracle", progress))
         go = out / "oracle" / "checkpoints" / "final.safetensors"
@@ -306,32 +368,39 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
             "eval_oracle",
             lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev),
         )
-    stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
-    stage("ptl", lambda: run_ptl(cfg.ptl, out / "ptl", progress))
-    gN = out / "ptl" / "checkpoints" / "final.safetensors"
-    resN = stage(
-        "eval_ptl", lambda: evaluate_checkpoint(gN, cfg.val, ev, out / "ptl" / "eval", dev)
-    )
+    res_ptl = None
+    if cfg.ptl is not None:
+        stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
+        stage("ptl", lambda: run_ptl(cfg.ptl, out / "ptl", progress))
+        res_ptl = stage("eval_ptl", lambda: _evaluate_stage(cfg, out, "ptl"))
+    res_cicld = None
+    if cfg.cicld is not None:
+        stage("cicld", lambda: train_cicld(cfg.cicld, out / "cicld", progress))
+        res_cicld = stage("eval_cicld", lambda: _evaluate_stage(cfg, out, "cicld"))
+    res_dacs = None
+    if cfg.dacs is not None:
+        stage("dacs", lambda: train_dacs(cfg.dacs, out / "dacs", progress))
+        res_dacs = stage("eval_dacs", lambda: _evaluate_stage(cfg, out, "dacs"))
     stage_res = None
-    if cfg.stage_metrics.enabled:
+    if cfg.ptl is not None and cfg.stage_metrics.enabled:
         stage_res = stage("stage_metrics", lambda: _stage_metrics(cfg, out, g0))
-    main_set = next(iter(resN["miou"]))
+    rows = {
+        "source_only": res0,
+        "adabn": res_adabn,
+        "ptl": res_ptl,
+        "cicld": res_cicld,
+        "dacs": res_dacs,
+        "oracle": oracle_res,
+    }
+    rows = {name: res for name, res in rows.items() if res is not None}
+    main_set = next(iter(res0["miou"]))
     summary = {
         "class_set": main_set,
-        "miou": {
-            "source_only": res0["miou"][main_set],
-            **({"adabn": res_adabn["miou"][main_set]} if res_adabn else {}),
-            "ptl": resN["miou"][main_set],
-            **({"oracle": oracle_res["miou"][main_set]} if oracle_res else {}),
-        },
-        "miou_all_sets": {
-            "source_only": res0["miou"],
-            **({"adabn": res_adabn["miou"]} if res_adabn else {}),
-            "ptl": resN["miou"],
-        },
+        "miou": {name: res["miou"][main_set] for name, res in rows.items()},
+        "miou_all_sets": {name: res["miou"] for name, res in rows.items() if name != "oracle"},
         "checkpoint_kind": "last",
         "seconds": times,
-        "table4": _table4(times, res0, resN),
+        "table4": _table4(times, rows),
         **({"stage_metrics": stage_res} if stage_res else {}),
     }
     write_json(summary_path, summary)
@@ -339,6 +408,12 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
     summary["seconds"] = times
     write_json(summary_path, summary)
     return summary
+
+
+def _evaluate_stage(cfg: PipelineConfig, out: Path, name: str) -> dict:
+    """Score stage ``name``'s final checkpoint on target val into ``out/<name>/eval``."""
+    ckpt = out / name / "checkpoints" / "final.safetensors"
+    return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / name / "eval", cfg.device)
 
 
 def _stage_metrics(cfg: PipelineConfig, out: Path, g0: Path) -> dict:
@@ -379,14 +454,26 @@ def _spread(levels: list[int], k: int) -> list[int]:
     return [levels[i] for i in sorted(idx)]
 
 
-def _table4(times: dict[str, float], res0: dict, resN: dict) -> dict:
-    """The paper's Table 4 for this run: training time of each stage, inference time, mIoU."""
+#: the stages whose wall time trains each model (DACS and PTL continue g_0's training)
+MODEL_STAGES = {
+    "source_only": ("source_only",),
+    "ptl": ("source_only", "ddpm", "ptl"),
+    "cicld": ("cicld",),
+    "dacs": ("source_only", "dacs"),
+}
+
+
+def _table4(times: dict[str, float], rows: dict[str, dict]) -> dict:
+    """The paper's Table 4 for this run: training time of the stages behind g_N
+    (``training_seconds``), and for every trained model its training time and inference
+    time per image (batch 1)."""
     train = {k: times[k] for k in ("source_only", "ddpm", "ptl") if k in times}
+    models = [m for m in MODEL_STAGES if m in rows]
     return {
         "training_seconds": train | {"total": sum(train.values())},
-        "inference_ms_per_image": {
-            "source_only": res0.get("inference_ms_per_image"),
-            "ptl": resN.get("inference_ms_per_image"),
+        "inference_ms_per_image": {m: rows[m].get("inference_ms_per_image") for m in models},
+        "model_training_seconds": {
+            m: sum(times.get(s, 0.0) for s in MODEL_STAGES[m]) for m in models
         },
     }
 

@@ -6,6 +6,13 @@ lr 2e-5 and betas (0.9, 0.99) as in the paper, an EMA copy of the weights that i
 all sampling and translation, bf16 autocast on GPU, periodic sample grids, safetensors
 checkpoints and exact resume (batch order, augmentation and noise of iteration ``it``
 depend only on ``(seed, it)``).
+
+Several processes (``accelerate launch``): each trains on a contiguous slice of the same
+global batch, with the timesteps and noise drawn for the global batch (so every image gets
+what it gets in one process), its loss divided by the number of processes and the gradients
+summed over processes before clipping: the one-process step up to floating-point summation
+order. Checkpoints (global iteration, no process-dependent state), samples and metrics are
+written by the main process; a run resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, reverse
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.ema import EMA
 from diffdass.models.unet import build_unet
+from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
@@ -210,19 +218,42 @@ def train_ddpm(cfg: TrainDDPMConfig, out: str | Path, progress: bool = True) -> 
     final = run.ckpt_dir / "final.safetensors"
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
-        with run.open(cfg, RESUME_IGNORE):
-            if read_meta(final).get("eps_moments") is None:  # a checkpoint of an older version
+        with dist.main_open(run, cfg, RESUME_IGNORE):
+            if dist.is_main() and read_meta(final).get("eps_moments") is None:  # older version
                 _add_moments(cfg, final, run)
             run.logger.info("already trained: %s", final)
+        dist.barrier()
         return done
     scan = preflight(cfg)
-    with run.open(cfg, RESUME_IGNORE):
-        return _train(cfg, run, scan, progress)
+    dist.local_batch_size(cfg.batch_size)  # before anything is written
+    with dist.main_open(run, cfg, RESUME_IGNORE):
+        out = _train(cfg, run, scan, progress and dist.is_main())
+    dist.barrier()  # the checkpoints exist for every process when this returns
+    return out
+
+
+def _sharded_loss(schedule: DDPMSchedule, eps_fn, x0: torch.Tensor, gen, world: int):
+    """This process's share of :meth:`DDPMSchedule.training_loss` of the global batch: the
+    timesteps and noise are drawn for the global batch in the same order (so ``gen`` advances
+    as in one process), this slice's are used; the slice's mean divided by ``world``, so that
+    the sum over processes is the global batch's mean (equal slices)."""
+    b = x0.shape[0]
+    off = dist.batch_offset(b)
+    gdev = gen.device
+    t = torch.randint(0, schedule.num_timesteps, (b * world,), generator=gen, device=gdev)
+    noise = torch.randn((b * world, *x0.shape[1:]), generator=gen, device=gdev, dtype=x0.dtype)
+    t, noise = t[off : off + b].to(x0.device), noise[off : off + b].to(x0.device)
+    x_t = schedule.q_sample(x0, t, noise)
+    pred = eps_fn(x_t, schedule.model_timestep(t))
+    if hasattr(pred, "sample"):
+        pred = pred.sample
+    return torch.nn.functional.mse_loss(pred.float(), noise.float()) / world
 
 
 def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -> dict:
     final = run.ckpt_dir / "final.safetensors"
-    device = resolve_device(cfg.device)
+    device = dist.device(resolve_device(cfg.device))
+    world, main = dist.world_size(), dist.is_main()
     tf = train_transform(
         crop=tuple(cfg.crop) if cfg.crop else None,
         resize=tuple(cfg.resize) if cfg.resize else None,
@@ -236,6 +267,7 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
     full_sized = scan.dataset(Resize(*size))
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, sample_size=size).to(device)
+    dist.broadcast_module(unet)  # several processes: the main one's initial weights
     ema = EMA(unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     schedule = DDPMSchedule(num_timesteps=cfg.num_timesteps)
@@ -255,12 +287,19 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
     run.start()
     loader = torch.utils.data.DataLoader(
         StreamDataset(ds),
-        batch_sampler=StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations),
+        batch_sampler=dist.loader_batch_sampler(
+            StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations)
+        ),
         num_workers=cfg.num_workers,
     )
     amp = cfg.amp and device.type == "cuda"
     bar = Progress(
-        cfg.iterations, start, "train-ddpm", enabled=progress, logger=run.logger, run=run
+        cfg.iterations,
+        start,
+        "train-ddpm",
+        enabled=progress,
+        logger=run.logger if main else None,
+        run=run,
     )
     losses: list[float] = []
     t0, seen = time.perf_counter(), 0
@@ -281,21 +320,32 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 3, it))
         x0 = batch["image"].to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = schedule.training_loss(eps_fn, x0, gen)
+            if world == 1:
+                loss = schedule.training_loss(eps_fn, x0, gen)
+            else:
+                local = _sharded_loss(schedule, eps_fn, x0, gen, world)
+                loss = dist.all_reduce_sum(local.detach())
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"DDPM loss is {loss.item()} at iteration {it}; no checkpoint was written"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world == 1:
+            loss.backward()
+        else:
+            local.backward()
+            dist.all_reduce_gradients(unet.parameters())
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(unet)
         losses.append(loss.item())
-        seen += x0.shape[0]
+        seen += x0.shape[0] * world
         ips = seen / max(time.perf_counter() - t0, 1e-9)
         step = it + 1
+        if not main:  # samples, snapshots and checkpoints: the main process's
+            bar.update(1, loss=loss.item(), lr=lr, img_s=ips)
+            continue
         if step % cfg.sample_every == 0 or step == cfg.iterations:
             ema_model = ema.module_copy(unet).eval()
             moments = estimate_moments(ema_model, full_sized, schedule, device, cfg.seed)
@@ -322,14 +372,17 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
             run.resume_point = f"the checkpoint at iteration {step}"
         bar.update(1, loss=loss.item(), lr=lr, img_s=ips)
     bar.close()
-    save(last, cfg.iterations)
-    moments = estimate_moments(ema.module_copy(unet).eval(), full_sized, schedule, device, cfg.seed)
-    save_checkpoint(
-        final,
-        {"ema": ema.shadow_state_dict()},
-        None,
-        meta | {"iteration": cfg.iterations, "eps_moments": moments.to_dict()},
-    )
+    if main:
+        save(last, cfg.iterations)
+        moments = estimate_moments(
+            ema.module_copy(unet).eval(), full_sized, schedule, device, cfg.seed
+        )
+        save_checkpoint(
+            final,
+            {"ema": ema.shadow_state_dict()},
+            None,
+            meta | {"iteration": cfg.iterations, "eps_moments": moments.to_dict()},
+        )
     k = max(1, len(losses) // 10)
     metrics = {
         "stage": "train-ddpm",
@@ -342,7 +395,10 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
         "checkpoint": str(final),
         "device": str(device),
     }
-    run.write_metrics(metrics)
+    if world > 1:
+        metrics["processes"] = world
+    if main:
+        run.write_metrics(metrics)
     return metrics
 
 

@@ -7,6 +7,10 @@ resolution before the arg-max. Every metrics file states which checkpoint was sc
 we always score the *last* checkpoint of a run, never the best one on target val.
 The result also holds ``inference_ms_per_image``: the mean wall time of the forward pass
 (plus upsampling and arg-max) per image, batch 1, first image excluded (the paper's Table 4).
+
+Several processes (``accelerate launch``): each scores every ``processes``-th image and the
+confusion matrices are summed over processes, so the metrics equal the one-process ones
+exactly (integer pixel counts); each process saves the predictions of its own images.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from diffdass.data.folder import FolderDataset
 from diffdass.data.labels import CLASS_SETS, colorize
 from diffdass.evaluation.metrics import ConfusionMatrix
+from diffdass.utils import distributed as dist
 from diffdass.utils.io import save_image
 from diffdass.utils.progress import Progress
 
@@ -83,14 +88,17 @@ def evaluate(
     if not dataset.has_labels:
         raise ValueError(f"{dataset.root / dataset.split}: evaluation needs labels for every image")
     sets = resolve_class_sets(list(class_sets), nc)
-    device = torch.device(device)
+    device = dist.device(torch.device(device))  # several processes: this process's GPU
     model = model.to(device).eval()
     cm = ConfusionMatrix(nc, dataset.classes.ignore_index)
     saved = 0
     t0 = time.perf_counter()
     fwd_seconds: list[float] = []  # model forward + upsampling per image (Table 4)
-    bar = Progress(len(dataset), 0, "evaluate", enabled=progress, unit="image")
-    for i in range(len(dataset)):
+    world = dist.world_size()
+    # several processes: every world-th image from this rank's; `saved` counts globally
+    indices = range(len(dataset)) if world == 1 else dist.shard(range(len(dataset)))
+    bar = Progress(len(indices), 0, "evaluate", enabled=progress and dist.is_main(), unit="image")
+    for i in indices:
         item = dataset[i]
         img = item["image"][None].to(device)
         lbl = item["label"]
@@ -102,6 +110,8 @@ def evaluate(
         fwd_seconds.append(time.perf_counter() - tf)
         pred = pred.cpu()
         cm.update(pred, lbl)
+        if world > 1:
+            saved = i  # the images before i (of every process) come first
         if pred_dir is not None and (n_save < 0 or saved < n_save):
             save_image(
                 Path(pred_dir) / f"{item['stem']}.png",
@@ -110,6 +120,12 @@ def evaluate(
             saved += 1
         bar.update(1)
     bar.close()
+    if world > 1:
+        total = dist.all_reduce_sum(torch.from_numpy(cm.matrix).to(device))
+        cm = ConfusionMatrix.from_matrix(total.cpu().numpy(), dataset.classes.ignore_index)
+        # the first image of every process pays for its lazy initialisation
+        per_rank = dist.gather_objects([fwd_seconds])
+        fwd_seconds = [t for ts in per_rank for t in ts[1:]] or [t for ts in per_rank for t in ts]
     iou = cm.iou() * 100
     out = {
         "miou": {name: float(cm.miou(ids)) * 100 for name, ids in sets.items()},
@@ -123,7 +139,7 @@ def evaluate(
     out["images"] = len(dataset)
     out["seconds"] = time.perf_counter() - t0
     # the first image pays for lazy initialisation (cuDNN autotuning, allocator): skip it
-    timed = fwd_seconds[1:] if len(fwd_seconds) > 1 else fwd_seconds
+    timed = fwd_seconds[1:] if len(fwd_seconds) > 1 and world == 1 else fwd_seconds
     out["inference_ms_per_image"] = 1000.0 * float(np.mean(timed))
     out["table"] = format_iou_table(cm, dataset.classes.names, sets)
     return out

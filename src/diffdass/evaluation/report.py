@@ -1,9 +1,10 @@
 """The pipeline report: one self-contained HTML file (images embedded) plus PNGs.
 
 It reads only what the stages wrote (JSON metrics, strip images), never training code:
-per-class IoU of g_N against source-only (and the oracle when present), strips of source
-images across the intermediate domains (the paper's Fig. 4), mIoU of g_n along n, and the
-time spent per stage.
+target mIoU and per-class IoU of every model the run trained (source-only, AdaBN, PTL's g_N,
+CICLD, DACS, the oracle; whichever are present), strips of source images across the
+intermediate domains (the paper's Fig. 4), mIoU of g_n along n, and the time spent per
+stage.
 """
 
 from __future__ import annotations
@@ -183,19 +184,37 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
     return parts
 
 
+#: the rows of the mIoU table: (folder of the stage, label), in the order they are shown
+MODEL_ROWS = (
+    ("source_only", "source-only g_0"),
+    ("adabn", "AdaBN: g_0 with target BatchNorm statistics (no training)"),
+    ("ptl", "PTL g_N"),
+    ("cicld", "CICLD (EMA student)"),
+    ("dacs", "DACS baseline: g_0 + ClassMix self-training (EMA teacher)"),
+    ("oracle", "target oracle (uses target labels)"),
+)
+#: short names for the per-class series
+SERIES_NAMES = {
+    "source_only": "source-only",
+    "ptl": "PTL g_N",
+    "cicld": "CICLD",
+    "dacs": "DACS",
+    "oracle": "oracle",
+}
+
+
 def write_report(out: str | Path) -> Path:
     """Write ``out/report.html`` and ``out/report/*.png`` from a pipeline directory."""
     out = Path(out)
     summary = _read(out / "summary.json") or {}
-    ev0 = _read(out / "source_only" / "eval" / "metrics.json")
-    evN = _read(out / "ptl" / "eval" / "metrics.json")
-    evO = _read(out / "oracle" / "eval" / "metrics.json")
-    evA = _read(out / "adabn" / "eval" / "metrics.json")
+    evals = {name: _read(out / name / "eval" / "metrics.json") for name, _ in MODEL_ROWS}
+    evals = {name: ev for name, ev in evals.items() if ev is not None}
+    ev0 = evals.get("source_only")
     ptl = _read(out / "ptl" / "metrics.json") or {}
     domains = _read(out / "ptl" / "domains.json") or []
-    if ev0 is None or evN is None:
+    if ev0 is None:
         raise FileNotFoundError(f"{out}: evaluation metrics missing; run the pipeline first")
-    key = summary.get("class_set") or next(iter(evN["miou"]))
+    key = summary.get("class_set") or next(iter(ev0["miou"]))
     png_dir = out / "report"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>diffdass report</title>",
@@ -206,25 +225,20 @@ def write_report(out: str | Path) -> Path:
         f"<p>Output directory: <code>{html.escape(str(out))}</code>. All numbers are for the "
         "<b>last</b> checkpoint of each stage (no model selection on target val).</p>",
     ]
-    rows = [["source-only g_0", ev0["miou"][key]]]
-    if evA:
-        rows.append(["AdaBN: g_0 with target BatchNorm statistics (no training)", evA["miou"][key]])
-    rows.append(["PTL g_N", evN["miou"][key]])
-    if evO:
-        rows.append(["target oracle (uses target labels)", evO["miou"][key]])
+    rows = [[label, evals[name]["miou"][key]] for name, label in MODEL_ROWS if name in evals]
     parts += [f"<h2>Target mIoU{html.escape(key)}</h2>", _table(["model", f"mIoU{key} (%)"], rows)]
-    for name, res in (("g_0", ev0), ("g_N", evN)):
-        others = {k: v for k, v in res["miou"].items() if k != key}
-        if others:
+    for name, label in MODEL_ROWS:
+        others = {k: v for k, v in evals.get(name, {}).get("miou", {}).items() if k != key}
+        if others and name != "oracle":
             parts.append(
-                f"<p>{name} other class sets: "
+                f"<p>{html.escape(label)}, other class sets: "
                 + ", ".join(f"mIoU{k} {v:.1f}" for k, v in others.items())
                 + "</p>"
             )
-    names = list(evN["per_class_iou"])
-    series = {"source-only": ev0["per_class_iou"], "PTL g_N": evN["per_class_iou"]}
-    if evO:
-        series["oracle"] = evO["per_class_iou"]
+    names = list(ev0["per_class_iou"])
+    series = {
+        SERIES_NAMES[name]: evals[name]["per_class_iou"] for name in SERIES_NAMES if name in evals
+    }
     png = _per_class_plot(names, series)
     (png_dir).mkdir(parents=True, exist_ok=True)
     (png_dir / "per_class_iou.png").write_bytes(png)
@@ -279,18 +293,15 @@ def write_report(out: str | Path) -> Path:
         ]
     t4 = summary.get("table4")
     if t4:
-        train = t4["training_seconds"]
-        ms0, msN = t4["inference_ms_per_image"]["source_only"], t4["inference_ms_per_image"]["ptl"]
+        train, ms = t4["model_training_seconds"], t4["inference_ms_per_image"]
+        labels = dict(MODEL_ROWS)
         parts += [
             "<h2>Training and inference time (Table 4)</h2>",
             "<p>Training: wall time of the stages that produce each model (g_N needs g_0, "
-            "the DDPM and PTL). Inference: forward pass per image, batch 1.</p>",
+            "the DDPM and PTL; DACS needs g_0). Inference: forward pass per image, batch 1.</p>",
             _table(
                 ["model", "training s", "inference ms/image", f"mIoU{key} (%)"],
-                [
-                    ["source-only g_0", train.get("source_only"), ms0, ev0["miou"][key]],
-                    ["PTL g_N", train["total"], msN, evN["miou"][key]],
-                ],
+                [[labels[m], train[m], ms[m], evals[m]["miou"][key]] for m in train],
             ),
         ]
     parts.append("</body></html>")
