@@ -8,7 +8,9 @@ start at t = T - 1. This script separates the two (issue 8, docs/results.md):
 1. For target train images diffused to t (forward process, fixed seed), the UNet's eps error
    and the mean of its predicted x_0 (raw and clipped to [-1, 1]) against the true mean.
 2. Unconditional samples (16 per sampler: 50 analytic ancestral steps, 50 DDIM steps, 250
-   fixed_small steps, all with clipped x_0) and their patch SWD x1e3 to target val per
+   fixed_small steps, all with clipped x_0; with ``--priors`` also the analytic sampler
+   started from x_T = sqrt(abar_T) mu + sqrt(1 - abar_T) eps, mu the target's mean colour,
+   with and without clipping) and their patch SWD x1e3 to target val per
    Laplacian level (level 0: fine detail, level 1: coarse content and colour) and mean colour.
 
     python benchmarks/ddpm_timesteps.py --run runs/study/seed0/base --data runs/study/data
@@ -60,21 +62,31 @@ def x0_prediction_rows(unet, schedule: DDPMSchedule, x0: torch.Tensor, seed: int
 
 
 @torch.no_grad()
-def sample_rows(unet, schedule, moments, size, xv, n: int, seed: int) -> list[dict]:
+def sample_rows(unet, schedule, moments, size, xv, n: int, seed: int, mu=None) -> list[dict]:
+    """Samples of three samplers from x_T ~ N(0, I); with ``mu`` (per-channel data mean) also
+    the analytic sampler started from ``sqrt(abar_T) mu + sqrt(1 - abar_T) eps`` (the forward
+    marginal's mean), with and without x_0 clipping."""
+    analytic = SamplerOptions(variance="analytic", clip_x0=True, moments=moments)
+    small = SamplerOptions(variance="fixed_small", clip_x0=True)
     samplers = [
-        (
-            "analytic, 50 steps",
-            50,
-            SamplerOptions(variance="analytic", clip_x0=True, moments=moments),
-        ),
-        ("DDIM, 50 steps", 50, SamplerOptions(solver="ddim", clip_x0=True)),
-        ("fixed_small, 250 steps", 250, SamplerOptions(variance="fixed_small", clip_x0=True)),
+        ("analytic, 50 steps", 50, analytic, False),
+        ("DDIM, 50 steps", 50, SamplerOptions(solver="ddim", clip_x0=True), False),
+        ("fixed_small, 250 steps", 250, small, False),
     ]
+    if mu is not None:
+        no_clip = SamplerOptions(variance="analytic", clip_x0=False, moments=moments)
+        samplers += [
+            ("analytic, 50 steps, x_T with the data mean", 50, analytic, True),
+            ("same, no x_0 clipping", 50, no_clip, True),
+        ]
+    a_t = schedule.alphas_cumprod[-1]
     rows = []
-    for name, steps, opts in samplers:
+    for name, steps, opts, shifted in samplers:
         g = torch.Generator().manual_seed(seed)
         sched = schedule.respace(steps)
         x = torch.randn((n, 3, *size), generator=g)
+        if shifted:
+            x = a_t.sqrt() * mu + (1 - a_t).sqrt() * x
         x = reverse(x, sched.num_timesteps, as_eps_fn(unet), sched, generator=g, options=opts)
         rows.append(_distance_row(name, x.clamp(-1, 1), xv))
     return rows
@@ -98,6 +110,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the rows here (json)")
+    ap.add_argument(
+        "--priors",
+        action="store_true",
+        help="also start the sampler from the forward marginal's mean (with / without clipping)",
+    )
     args = ap.parse_args(argv)
     data = args.data or args.run / "data"
     unet, meta = load_ddpm(args.run / "ddpm" / "checkpoints" / "final.safetensors")
@@ -112,12 +129,18 @@ def main(argv=None) -> dict:
     xs, _ = stack_images(
         FolderDataset(data / "source", "train", "none", transform=Resize(*size)), args.samples
     )
+    mu = None
+    if args.priors:
+        xm, _ = stack_images(
+            FolderDataset(data / "target", "train", "none", transform=Resize(*size)), 64
+        )
+        mu = xm.mean((0, 2, 3)).view(1, 3, 1, 1)
     res = {
         "x0_prediction": x0_prediction_rows(unet, schedule, xt, args.seed),
         "samples": [
             _distance_row("target train (floor)", xt, xv),
             _distance_row("source (ceiling)", xs, xv),
-            *sample_rows(unet, schedule, ddpm_moments(meta), size, xv, args.samples, args.seed),
+            *sample_rows(unet, schedule, ddpm_moments(meta), size, xv, args.samples, args.seed, mu),
         ],
         "target_val_mean_rgb": [round(v, 3) for v in xv.mean((0, 2, 3)).tolist()],
     }
