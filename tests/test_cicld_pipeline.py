@@ -164,6 +164,20 @@ def test_cicld_pipeline_end_to_end(cicld_run):
     assert "g_N" not in text
 
 
+def test_evaluate_command_scores_a_cicld_checkpoint_like_the_pipeline(cicld_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from diffdass.cli.main import app
+
+    out, summary = cicld_run
+    ckpt = out / "cicld" / "checkpoints" / "final.safetensors"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--root", str(out / "data" / "target")]
+    res = CliRunner().invoke(app, [*args, "--split", "val", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["miou"]["19"] == pytest.approx(summary["miou"]["cicld"])
+
+
 def test_cicld_pipeline_rerun_redoes_nothing(cicld_run, monkeypatch):
     out, summary = cicld_run
     finals = sorted(out.glob("*/checkpoints/final.safetensors"))

@@ -166,7 +166,7 @@ def train_seg(
 @app.command()
 @friendly_errors
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="Segmenter checkpoint (.safetensors).")],
+    checkpoint: Annotated[Path, typer.Option(help="Segmenter or CICLD checkpoint (.safetensors).")],
     root: Annotated[Path, typer.Option(help="Labeled folder dataset root.")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "val",
     class_sets: Annotated[
@@ -190,9 +190,9 @@ def evaluate(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
     """Confusion-matrix mIoU (19/16/13 classes), per-class IoU, colourised predictions."""
+    from diffdass.cli.pipeline import load_for_evaluation
     from diffdass.data.scan import scan_split
     from diffdass.evaluation.evaluate import evaluate as run_eval
-    from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
     from diffdass.utils.io import write_json
     from diffdass.utils.run import is_run_dir
@@ -205,7 +205,7 @@ def evaluate(
     size = _parse_size(input_size)
     ds = scan_split(root, split, "required").dataset()  # every file checked before the model runs
     dev = resolve_device(device)
-    model, meta = load_segmenter(checkpoint, dev)
+    model = load_for_evaluation(checkpoint, dev)  # a segmenter or a CICLD model
     res = run_eval(
         model,
         ds,
