@@ -522,6 +522,16 @@ def stream_loader(ds, batch_size: int, seed: int, start: int, stop: int, workers
     )
 
 
+def scan_domain_pair(cfg):
+    """Scans of ``cfg.source`` (labeled) and ``cfg.target`` (labels not read), checked to
+    share one class set; shared by the self-training loops (CICLD, DACS)."""
+    src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
+    tgt = scan_split(cfg.target.root, cfg.target.split, "none", cfg.on_error)
+    if src.classes.names != tgt.classes.names:
+        raise ConfigError("source and target datasets have different classes.yaml")
+    return src, tgt
+
+
 def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dict:
     """Train CICLD (three phases) into run directory ``out``; resumes from
     ``out/checkpoints/last.safetensors``. Writes ``checkpoints/final.safetensors`` (EMA
@@ -533,10 +543,7 @@ def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dic
     done = run.read_metrics()
     if final.is_file() and done and done.get("total_iterations") == cfg.total_iterations:
         return done
-    src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
-    tgt = scan_split(cfg.target.root, cfg.target.split, "none", cfg.on_error)
-    if src.classes.names != tgt.classes.names:
-        raise ConfigError("source and target datasets have different classes.yaml")
+    src, tgt = scan_domain_pair(cfg)
     with run.open(cfg, RESUME_IGNORE):
         return _train(cfg, run, src, tgt, progress)
 

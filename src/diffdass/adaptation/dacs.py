@@ -44,6 +44,7 @@ from diffdass.adaptation.cicld import (
     classmix,
     pixel_jitter,
     pseudo_labels,
+    scan_domain_pair,
     segmentation_loss,
     stream_loader,
 )
@@ -57,7 +58,6 @@ from diffdass.adaptation.seg_training import (
     step_seed,
 )
 from diffdass.data.folder import DomainSpec
-from diffdass.data.scan import scan_split
 from diffdass.models.checkpoint import load_segmenter
 from diffdass.models.ema import EMA
 from diffdass.models.factory import build_segmenter
@@ -230,10 +230,7 @@ def train_dacs(cfg: DACSConfig, out: str | Path, progress: bool = True) -> dict:
     done = run.read_metrics()
     if final.is_file() and done and done.get("iterations") == cfg.iterations:
         return done
-    src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
-    tgt = scan_split(cfg.target.root, cfg.target.split, "none", cfg.on_error)
-    if src.classes.names != tgt.classes.names:
-        raise ConfigError("source and target datasets have different classes.yaml")
+    src, tgt = scan_domain_pair(cfg)
     check_init(cfg, src.classes.num_classes)
     with run.open(cfg, RESUME_IGNORE):
         return _train(cfg, run, src, tgt, progress)
