@@ -179,3 +179,44 @@ def test_cityscapes_class_set_on_a_custom_dataset_suggests_all():
     with pytest.raises(ValueError, match="--class-sets all"):
         resolve_class_sets(["19"], 4)
     assert resolve_class_sets(["all"], 4) == {"all4": (0, 1, 2, 3)}
+
+
+def test_ablation_results_merge_keeps_rows_of_concurrent_jobs(tmp_path):
+    """Two ``diffdass ablate`` jobs on one folder: each merge keeps the other's rows."""
+    import multiprocessing as mp
+
+    from diffdass.cli.ablate import _merge_results
+
+    path = tmp_path / "ablation.json"
+    # job A and job B start from the same (empty) file, each then records its own rows
+    a = _merge_results(path, {})
+    b = _merge_results(path, {})
+    a["0"] = {"source-only g_0": 18.8, "sweep_n: N = 600": 21.0}
+    _merge_results(path, a)
+    b.setdefault("1", {})["table2: (a) baseline"] = 20.0
+    b.setdefault("0", {})["control"] = 19.6
+    merged = _merge_results(path, b)
+    assert merged == {
+        "0": {"source-only g_0": 18.8, "sweep_n: N = 600": 21.0, "control": 19.6},
+        "1": {"table2: (a) baseline": 20.0},
+    }
+    assert json.loads(path.read_text()) == merged
+    # many processes writing at once: no row lost
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_merge_one, args=(str(path), i)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = json.loads(path.read_text())["2"]
+    assert rows == {f"row {i}": float(i) for i in range(6)}
+
+
+def _merge_one(path: str, i: int) -> None:
+    from pathlib import Path
+
+    from diffdass.cli.ablate import _merge_results
+
+    for _ in range(20):
+        _merge_results(Path(path), {"2": {f"row {i}": float(i)}})

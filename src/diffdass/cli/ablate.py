@@ -19,8 +19,10 @@ row like AdaBN.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import itertools
 import json
 import statistics
@@ -317,7 +319,7 @@ def run_ablation(
     check_methods(cfg, rows)
     out = Path(out)
     results_path = out / "ablation.json"
-    results: dict = read_json(results_path) if results_path.is_file() else {}
+    results: dict = _merge_results(results_path, {})
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
         base = copy.deepcopy(cfg)
@@ -358,14 +360,42 @@ def run_ablation(
             else:
                 echo(f"[ablate] seed {seed}: {label}")
                 res[label] = done[sig] = run_row(base, row, seed_dir, progress)
-            write_json(results_path, results)
-        write_json(results_path, results)
+            results = _merge_results(results_path, results)
+            res = results[str(seed)]
+        results = _merge_results(results_path, results)
     md = format_table(results, table_rows(results, rows), cfg.evaluation.class_sets[0])
     atomic_write_text(out / "ablation.md", md)
     png = sweep_plot(results, cfg.evaluation.class_sets[0])
     if png is not None:
         atomic_write_bytes(out / "fig5_sweeps.png", png)
     return out / "ablation.md"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` + ``.lock`` (POSIX), held for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _merge_results(path: Path, results: dict) -> dict:
+    """Merge ``results`` (seed -> row -> mIoU) into ``path`` and return the union.
+
+    Several ``diffdass ablate`` jobs may share one output folder (say, seeds 1 and 2 in two
+    processes, or a sweep beside a table): each one re-reads the file under a lock, adds its
+    own rows and writes it back atomically, so no job drops another's rows.
+    """
+    with _locked(path):
+        merged: dict = read_json(path) if path.is_file() else {}
+        for seed, rows in results.items():
+            merged.setdefault(seed, {}).update(rows)
+        write_json(path, merged)
+    return merged
 
 
 FULL = "table2: (f) full"
