@@ -407,7 +407,13 @@ def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments) -
 
 
 def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments) -> dict:
-    """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune."""
+    """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune.
+
+    On several processes translation batch j runs on process j mod processes and every
+    process gathers all translations before data-parallel fine-tuning on its slice of each
+    global batch; on one process the same code translates every batch and trains on whole
+    batches, so the result does not depend on the process count (tests/test_distributed.py).
+    """
     t0 = time.perf_counter()
     iters, bs = cfg.iterations_per_domain, cfg.batch_size
     first_it = k * iters
@@ -417,66 +423,6 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
     guide = copy.deepcopy(trainer.model).eval()
     for p in guide.parameters():
         p.requires_grad_(False)
-    if trainer.world > 1:
-        return _run_domain_sharded(
-            cfg, k, n, ds, trainer, unet, schedule, device, moments, keys, guide, t0
-        )
-    src_imgs, labels, translated = [], [], []
-    tb = cfg.translate_batch_size
-    for j, s in enumerate(range(0, len(keys), tb)):
-        items = [stream[key] for key in keys[s : s + tb]]
-        x0 = torch.stack([it["image"] for it in items])
-        y = torch.stack([it["label"] for it in items])
-        xg = _translate(
-            cfg,
-            x0.to(device),
-            y.to(device),
-            n,
-            unet,
-            schedule,
-            guide,
-            batch_generator(_domain_seed(cfg.seed, k, 0), j),
-            _domain_seed(cfg.seed, k, 1) + j,
-            moments,
-        )
-        src_imgs.append(x0.half())
-        labels.append(y)
-        translated.append(xg.cpu().half())
-    del guide
-    t_tr = time.perf_counter() - t0
-    xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
-    order = _pool_order(len(keys), iters * bs, _domain_seed(cfg.seed, k, 2))
-    losses, parts = [], []
-    for i in range(iters):
-        sl = order[i * bs : (i + 1) * bs]
-        batches = [(xn[sl].float(), ys[sl])]
-        if cfg.loss_src:
-            batches.append((xs[sl].float(), ys[sl]))
-        st = trainer.step(first_it + i, batches)
-        losses.append(st["loss"])
-        parts.append(st["parts"])
-    pa = np.asarray(parts)
-    return {
-        "domain": k + 1,
-        "n": n,
-        "reverse_steps": cfg.reverse_calls(n) if cfg.domains == "spread" else n,
-        "translated_images": len(keys),
-        "loss": float(np.mean(losses)),
-        "loss_ada": float(pa[:, 0].mean()),
-        "loss_src": float(pa[:, 1].mean()) if cfg.loss_src else None,
-        "translate_seconds": t_tr,
-        "seconds": time.perf_counter() - t0,
-    }
-
-
-def _run_domain_sharded(
-    cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments, keys, guide, t0
-) -> dict:
-    """:func:`_run_domain` on several processes: translation batch j on process
-    j mod processes, the translations gathered by all, then data-parallel fine-tuning."""
-    iters, bs = cfg.iterations_per_domain, cfg.batch_size
-    first_it = k * iters
-    stream = StreamDataset(ds)
     tb = cfg.translate_batch_size
     starts = list(range(0, len(keys), tb))
     mine = set(dist.shard(range(len(starts))))
