@@ -399,3 +399,99 @@ def test_train_end_to_end_evaluates_and_resumes_identically(tmp_path, monkeypatc
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+# ------------------------------------------------------------------ perceptual term
+def _vgg_file(tmp_path, seed: int = 0, full_keys: bool = True):
+    """A VGG-16 weight file as torchvision writes it (``features.N.*`` + the classifier) or
+    as the feature part only; random weights stand in for ImageNet's."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(seed)
+    state = vgg16(weights=None).state_dict() if full_keys else None
+    if not full_keys:
+        state = {
+            k[len("features.") :]: v
+            for k, v in vgg16(weights=None).state_dict().items()
+            if k.startswith("features.")
+        }
+    path = tmp_path / f"vgg16_{seed}_{int(full_keys)}.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_perceptual_distance_properties_and_local_weights(tmp_path):
+    from diffdass.models.perceptual import LPIPS_CHANNELS, VGGPerceptual, build_perceptual
+
+    path, state = _vgg_file(tmp_path)
+    m = VGGPerceptual(path)
+    torch.testing.assert_close(m.features[0].weight, state["features.0.weight"])
+    short, short_state = _vgg_file(tmp_path, seed=1, full_keys=False)
+    torch.testing.assert_close(VGGPerceptual(short).features[28].bias, short_state["28.bias"])
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    small = x + 0.05 * torch.randn_like(x)
+    large = x + 0.5 * torch.randn_like(x)
+    assert torch.equal(m(x, x), torch.zeros(2))
+    d_small, d_large = m(x, small), m(x, large)
+    assert (d_small > 0).all() and (d_large > d_small).all()
+    torch.testing.assert_close(m(x, large), m(large, x))  # symmetric
+    # the LPIPS formula by hand at the first layer only, channel weights 1
+    h = (x - m.shift) / m.scale
+    g = (large - m.shift) / m.scale
+    fx, fy = m.features[:4](h), m.features[:4](g)
+    unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731
+    layer0 = (unit(fx) - unit(fy)).pow(2).sum(1).mean((1, 2))
+    assert (d_large > layer0).all()  # the other four layers add positive terms
+    # LPIPS linear weights: doubling every channel weight doubles the distance
+    lin = {
+        f"lin{k}.model.1.weight": 2 * torch.ones(1, c, 1, 1) for k, c in enumerate(LPIPS_CHANNELS)
+    }
+    torch.save(lin, tmp_path / "lin.pth")
+    torch.testing.assert_close(VGGPerceptual(path, tmp_path / "lin.pth")(x, large), 2 * d_large)
+    # gradients reach the images, never the frozen network
+    xr = x.clone().requires_grad_(True)
+    m(xr, large).sum().backward()
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in m.parameters())
+    m.train()
+    assert not m.training
+    with pytest.raises(ValueError, match="local file"):
+        build_perceptual(None)
+
+
+def test_perceptual_bad_files_are_clear_errors(tmp_path):
+    from diffdass.models.perceptual import VGGPerceptual
+
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other\.pth: not a VGG-16 state dict"):
+        VGGPerceptual(tmp_path / "other.pth")
+    path, state = _vgg_file(tmp_path)
+    state["features.0.weight"] = torch.zeros(8, 3, 3, 3)
+    torch.save(state, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match=r"wrong\.pth: tensor 'features\.0\.weight' has shape"):
+        VGGPerceptual(tmp_path / "wrong.pth")
+    torch.save({"lin0.model.1.weight": torch.ones(1, 64, 1, 1)}, tmp_path / "lin.pth")
+    with pytest.raises(ValueError, match="lin1.model.1.weight"):
+        VGGPerceptual(path, tmp_path / "lin.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        VGGPerceptual(tmp_path / "missing.pth")
+    with pytest.raises(ConfigError, match="ae_perceptual_weights: .*missing.pth: file not found"):
+        _cfg("s", "t", ae_perceptual_weights=str(tmp_path / "missing.pth")).validate()
+    with pytest.raises(ConfigError, match="needs ae_perceptual_weights"):
+        _cfg("s", "t", ae_perceptual_lin=str(tmp_path / "lin.pth")).validate()
+
+
+def test_autoencoder_step_uses_the_perceptual_term(tmp_path):
+    path, _ = _vgg_file(tmp_path)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.randint(0, K, (2, 32, 32))
+    stats = {}
+    for name, over in (("l1", {}), ("lpips", {"ae_perceptual_weights": str(path)})):
+        cfg = _cfg("unused", "unused", ae_adv_weight=0.0, **over)
+        trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
+        stats[name] = trainer.step(0, {"image": x, "label": y}, {"image": -x, "label": y})
+    assert stats["l1"]["phase"] == stats["lpips"]["phase"] == "ae"
+    assert "lpips" not in stats["l1"] and stats["lpips"]["lpips"] > 0
+    # same seed, same network: the reported reconstruction loss is L1 + 1.0 * LPIPS
+    assert stats["lpips"]["rec"] == pytest.approx(stats["l1"]["rec"] + stats["lpips"]["lpips"])

@@ -55,6 +55,7 @@ from diffdass.models.cicld import (
     PatchDiscriminator,
 )
 from diffdass.models.ema import EMA
+from diffdass.models.perceptual import build_perceptual
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, from_dict, to_dict, validate_tree
 from diffdass.utils.device import resolve_device
@@ -110,9 +111,12 @@ class CICLDConfig:
     w_cls: float = 1.0
     w_dif: float = 1.0
     w_adv: float = 0.01  # choice (the paper gives no weight)
-    # stage-1 autoencoder (LDM's KL-f8 recipe without the perceptual term)
+    # stage-1 autoencoder: LDM's KL-f8 recipe; its LPIPS term only with local VGG-16 weights
     ae_kl_weight: float = 1e-6
     ae_adv_weight: float = 0.5
+    ae_perceptual_weights: str | None = None  # VGG-16 weight file (e.g. vgg16-397923af.pth)
+    ae_perceptual_lin: str | None = None  # LPIPS's vgg.pth linear layers (optional)
+    ae_perceptual_weight: float = 1.0  # LDM's; used only with ae_perceptual_weights
     ae_disc_start: int = 0  # phase-1 iteration from which the PatchGAN term is used
     seed: int = 0
     device: str = "auto"
@@ -152,6 +156,14 @@ class CICLDConfig:
             raise ConfigError(f"adv_latents must be one of {ADV_LATENTS}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.ae_perceptual_lin and not self.ae_perceptual_weights:
+            raise ConfigError("ae_perceptual_lin needs ae_perceptual_weights (the VGG-16 file)")
+        for name in ("ae_perceptual_weights", "ae_perceptual_lin"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: {path}: file not found (nothing is downloaded)")
+        if self.ae_perceptual_weight < 0:
+            raise ConfigError("ae_perceptual_weight must be >= 0")
         crop = self.aug.crop or self.aug.resize
         f = self.model.total_downsample()
         if crop is not None and (crop[0] % f or crop[1] % f):
@@ -313,6 +325,12 @@ class CICLDTrainer:
             m.latent_channels, tuple(m.dis_channels), n_dom, m.dis_hidden, m.norm_groups
         ).to(device)
         self.patch_dis = PatchDiscriminator(3, m.patch_dis_width).to(device)
+        # frozen, never checkpointed: rebuilt from the same local files on resume
+        self.perceptual = None
+        if cfg.ae_perceptual_weights:
+            self.perceptual = build_perceptual(cfg.ae_perceptual_weights, cfg.ae_perceptual_lin).to(
+                device
+            )
         self.ema = EMA(self.net, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
         self.ema_net = self.ema.module_copy(self.net).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(
@@ -373,11 +391,16 @@ class CICLDTrainer:
         return {"phase": phase, "lr": lr, **stats}
 
     def _ae_step(self, x: Tensor, gen: torch.Generator, it: int) -> dict:
-        """Stage 1: L1 + kl_weight * KL + adv_weight * hinge generator term; then D_patch."""
+        """Stage 1: L1 (+ perceptual_weight * LPIPS, with local VGG-16 weights) + kl_weight *
+        KL + adv_weight * hinge generator term; then D_patch."""
         c, net = self.cfg, self.net
         post, _ = net.encode(x)
         rec = net.decoder.reconstruct(post.sample(gen), None)
         l_rec = (rec - x).abs().mean()
+        l_p = rec.new_zeros(())
+        if self.perceptual is not None:
+            l_p = self.perceptual(rec, x).mean()
+            l_rec = l_rec + c.ae_perceptual_weight * l_p
         l_kl = post.kl().mean()
         use_adv = c.ae_adv_weight > 0 and self.cfg.phase(it)[1] >= c.ae_disc_start
         self.patch_dis.requires_grad_(False)
@@ -388,7 +411,10 @@ class CICLDTrainer:
         if use_adv:
             l_d = hinge_d_loss(self.patch_dis(x), self.patch_dis(rec.detach()))
             self._optimise(l_d)
-        return {"rec": l_rec.item(), "kl": l_kl.item(), "g": l_g.item(), "d": l_d.item()}
+        stats = {"rec": l_rec.item(), "kl": l_kl.item(), "g": l_g.item(), "d": l_d.item()}
+        if self.perceptual is not None:
+            stats["lpips"] = l_p.item()
+        return stats
 
     def _ldm_step(self, x: Tensor, gen: torch.Generator) -> dict:
         """Stage 2: Eq. 6, unconditioned, on posterior samples (autoencoder frozen)."""
