@@ -105,6 +105,7 @@ def test_shipped_configs_load_and_validate():
         "benchmark_study.yaml",
         "cicld_benchmark.yaml",
         "cicld_gta5.yaml",
+        "cicld_study.yaml",
         "cicld_synthia.yaml",
         "custom_small.yaml",
     ]
