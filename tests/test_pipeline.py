@@ -93,6 +93,7 @@ def test_pipeline_end_to_end(pipeline_run):
     assert [r["n"] for r in sm["along_n"]] == [7, 13, 20]
     assert sm["floor_target_train"] > 0 and sm["ceiling_source"] > 0
     assert all(0 <= r["guided_consistency"] <= 100 for r in sm["along_n"])
+    assert all(r["target_roundtrip_distance"] > 0 for r in sm["along_n"])
     domains = json.loads((out / "ptl" / "domains.json").read_text())
     assert [d["n"] for d in domains] == [7, 13, 20]
     assert all(d["reverse_steps"] == 2 for d in domains)
@@ -400,10 +401,20 @@ def test_run_summary_lines_numbers():
     assert "cover 25% of the way" in text  # (500 - 400) / (500 - 100)
     assert "further from the target than the source" in text
     assert "time: 3.0 min over 2 stages" in text
+    assert "DDPM check" not in text  # no round trip measured (an older run)
     summary["miou"]["ptl"] = 23.0
     summary["stage_metrics"]["ddpm_samples"] = 300.0
     text = "\n".join(summary_lines(summary))
     assert "+1.0 (the method is above" in text and "further from" not in text
+    # the round trip of target images at n = N: within a quarter of the source's excess
+    # distance above the floor (100 + 0.25 * 400 = 200) the DDPM counts as accurate
+    summary["stage_metrics"]["along_n"][0]["target_roundtrip_distance"] = 180.0
+    text = "\n".join(summary_lines(summary))
+    assert "denoised: 180 (20% of the source's distance above the floor)" in text
+    assert "the DDPM is accurate at the depths translation uses" in text
+    summary["stage_metrics"]["along_n"][0]["target_roundtrip_distance"] = 260.0
+    text = "\n".join(summary_lines(summary))
+    assert "(40% of" in text and "not accurate at the depths translation uses" in text
 
 
 def test_ablation_row_selection():
@@ -420,3 +431,34 @@ def test_ablation_row_selection():
         select_rows(["table2"], only=["table9"])
     with pytest.raises(ConfigError, match="unknown ablation group"):
         select_rows(["table9"])
+
+
+def test_stage_metrics_roundtrip_is_the_floor_at_tiny_depth(pipeline_run, tmp_path):
+    """The DDPM check: target images diffused to t = 1 (noise std 0.01) and denoised come back
+    as themselves, so their distance to target val is the floor (target train's own), far
+    below the source's; a deeper round trip through the barely trained test DDPM is further."""
+    from diffdass.adaptation.stage_metrics import measure_stages
+    from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig
+
+    out, _ = pipeline_run
+    data = out / "data"
+    sm = measure_stages(
+        source=(str(data / "source"), "train"),
+        target_train=(str(data / "target"), "train"),
+        val=(str(data / "target"), "val"),
+        ddpm=out / "ddpm" / "checkpoints" / "final.safetensors",
+        g0=out / "source_only" / "checkpoints" / "final.safetensors",
+        oracle=None,
+        levels=[1, 400],
+        respace_steps=2,
+        guidance=GuidanceConfig(kind="none"),
+        sampler=SamplerConfig(),
+        out=tmp_path,
+        images=8,
+        guided=False,
+    )
+    floor, src = sm["floor_target_train"], sm["ceiling_source"]
+    shallow, deep = (r["target_roundtrip_distance"] for r in sm["along_n"])
+    assert src > floor
+    assert abs(shallow - floor) < 0.1 * (src - floor), (shallow, floor, src)
+    assert deep > shallow + 0.1 * (src - floor), (deep, shallow)

@@ -5,7 +5,12 @@ evaluated on):
 
 - the **floor** and **ceiling** of the distance: target train vs target val (two samples of
   the target) and untranslated source vs target val;
-- the **DDPM**: its unconditional samples (pure noise, 50 respaced analytic steps);
+- the **DDPM**: its unconditional samples (pure noise, 50 respaced analytic steps), and its
+  **round trip at each depth n**: target train images diffused to t = n and denoised with the
+  translation's own sampler, unguided. Translation only ever evaluates the UNet at t < n, so
+  this is the DDPM check that matters for PTL: a DDPM that is accurate over [0, n) returns
+  target images that are as close to target val as the originals (the floor), whatever its
+  unconditional samples from t = T look like;
 - the **translations** phi^n of a fixed subset of source images at every PTL depth n, unguided
   (the baseline) and guided by g_0 with the run's guidance: their distance to the target and,
   when a target oracle is given, their **label consistency** (the oracle's mIoU against the
@@ -137,6 +142,7 @@ def measure_stages(
     )
     val_ds = FolderDataset(val[0], val[1], "none", transform=tf)
     xv, _ = stack_images(val_ds, len(val_ds))
+    yt = torch.zeros((len(xt), *xt.shape[2:]), dtype=torch.long)  # unused: unguided
     classes = src_ds.classes
     oracle_model = load_segmenter(oracle, device)[0] if oracle else None
     seg = load_segmenter(g0, device)[0].eval() if guided and guidance.kind != "none" else None
@@ -164,6 +170,10 @@ def measure_stages(
         )
         pics[n] = base
         row = {"n": n, "baseline_distance": dist(base), "baseline_consistency": cons(base)}
+        back = translate_images(
+            xt, yt, n, unet, schedule, None, none, sampler, moments, respace_steps, seed, device
+        )
+        row["target_roundtrip_distance"] = dist(back)
         if seg is not None:
             gd = translate_images(
                 xs,

@@ -481,11 +481,24 @@ def summary_lines(summary: dict) -> list[str]:
                 " from the source to the target"
                 + (
                     "; the DDPM's samples are further from the target than the source is"
-                    " (train it longer)"
                     if sm["ddpm_samples"] > src
                     else ""
                 )
             )
+        back = last.get("target_roundtrip_distance")
+        if back is not None and src > floor:
+            share = (back - floor) / (src - floor)
+            lines.append(
+                f"  DDPM check: target images diffused to t={last['n']} and denoised: {back:.0f}"
+                f" ({100 * share:.0f}% of the source's distance above the floor): "
+                + (
+                    "the DDPM is accurate at the depths translation uses"
+                    if share <= 0.25
+                    else "the DDPM is not accurate at the depths translation uses (train it longer)"
+                )
+            )
+        elif sm["ddpm_samples"] > src:
+            lines.append("  (train the DDPM longer)")
     secs = summary.get("seconds") or {}
     if secs:
         lines.append(f"time: {sum(secs.values()) / 60:.1f} min over {len(secs)} stages")

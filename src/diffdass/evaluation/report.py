@@ -160,6 +160,14 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
                 _fmt(r.get("baseline_consistency")),
             ]
         )
+        if "target_roundtrip_distance" in r:
+            rows.append(
+                [
+                    f"target train, diffused to t={r['n']} and denoised (DDPM check)",
+                    _fmt(r["target_roundtrip_distance"]),
+                    "",
+                ]
+            )
         if "guided_distance" in r:
             rows.append(
                 [
