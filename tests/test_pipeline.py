@@ -228,6 +228,30 @@ def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
     assert res["sweep_lambda: lambda = 0"] == res["table2: (b) w/o SGG"]
 
 
+def test_ablation_without_table2_still_pairs_rows_with_the_full_method(pipeline_run, tmp_path):
+    """`--rows control` alone: the full method (the reused run's PTL stage) is a row of the
+    table and the control row gets its paired difference to it."""
+    from diffdass.cli.ablate import run_ablation
+
+    pipe_out, summary = pipeline_run
+    md = run_ablation(
+        tiny_config(tmp_path / "unused"),
+        tmp_path / "abl",
+        ["control"],
+        [0],
+        progress=False,
+        echo=lambda *_: None,
+        reuse_run=pipe_out,
+    ).read_text()
+    res = json.loads((tmp_path / "abl" / "ablation.json").read_text())["0"]
+    assert res["table2: (f) full"] == summary["miou"]["ptl"]
+    line = next(ln for ln in md.splitlines() if ln.startswith("| control:"))
+    delta = line.split("|")[6].strip()
+    label = next(k for k in res if k.startswith("control:"))
+    assert delta == f"{res[label] - summary['miou']['ptl']:+.1f}"
+    assert "| table2: (f) full |" in md
+
+
 def test_custom_template_runs_on_folder_datasets(tmp_path):
     """configs/custom_small.yaml works as documented on arbitrary folder datasets (4 classes,
     48x32 images resized to its working size), with only the budgets shrunk."""

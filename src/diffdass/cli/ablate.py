@@ -340,6 +340,11 @@ def run_ablation(
             res["target oracle"] = summary["miou"]["oracle"]
         if "dacs" in summary["miou"]:
             res[DACS] = summary["miou"]["dacs"]
+        # each method's full row is the shared run's own stage: always in the table, so that
+        # every row gets its paired difference even when the full row's group was not asked
+        for method, label in FULL_OF.items():
+            if method in summary["miou"]:
+                res[label] = summary["miou"][method]
         # rows whose training is identical (the full method appears in Tables 2, 3, 5 and
         # appendix C, the full CICLD in both of its tables) are computed once; each full
         # method is the shared run's own stage (ptl, cicld)
