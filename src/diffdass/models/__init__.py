@@ -1,4 +1,5 @@
-"""Networks: segmenters (DeepLab-V2, FCN-8s, SegFormer/DAFormer), DDPM UNets and EMA.
+"""Networks: segmenters (DeepLab-V2, FCN-8s, SegFormer/DAFormer), DDPM UNets, EMA, and
+CICLD's latent-diffusion segmenter (with its LPIPS-style perceptual loss).
 
 Segmenters take ``[-1, 1]`` images ``(B, 3, H, W)`` and return logits at their native
 output stride (see :mod:`diffdass.models.segmenter`). They correspond to the three
@@ -47,12 +48,22 @@ _EXPORTS: dict[str, str] = {
     "unet_downsample_factor": "unet",
     # ema.py
     "EMA": "ema",
+    # cicld.py (the latent-diffusion segmenter of Yu, Sun, Luo)
+    "CICLDModelConfig": "cicld",
+    "CICLDNet": "cicld",
+    "CICLDSegmenter": "cicld",
+    # perceptual.py
+    "VGGPerceptual": "perceptual",
+    "build_perceptual": "perceptual",
 }
 
 __all__ = [
     "ARCHS",
     "ARCH_DESCRIPTIONS",
     "ASPPV2",
+    "CICLDModelConfig",
+    "CICLDNet",
+    "CICLDSegmenter",
     "DAFormerHead",
     "DeepLabV2",
     "EMA",
@@ -64,6 +75,8 @@ __all__ = [
     "Segmenter",
     "UNET_PARAM_COUNTS",
     "UNET_PRESETS",
+    "VGGPerceptual",
+    "build_perceptual",
     "build_segmenter",
     "build_unet",
     "deeplabv2_r101",
@@ -92,10 +105,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysis only
+    from .cicld import CICLDModelConfig, CICLDNet, CICLDSegmenter
     from .deeplabv2 import ASPPV2, DeepLabV2, deeplabv2_r101, deeplabv2_tiny
     from .ema import EMA
     from .factory import ARCH_DESCRIPTIONS, ARCHS, build_segmenter, read_state_dict
     from .fcn8s import FCN8s, fcn8s_tiny, fcn8s_vgg16
+    from .perceptual import VGGPerceptual, build_perceptual
     from .segformer import DAFormerHead, SegFormer, segformer_b5, segformer_tiny
     from .segmenter import IMAGENET_MEAN, IMAGENET_STD, LoadReport, Segmenter
     from .unet import (
