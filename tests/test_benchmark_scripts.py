@@ -1,0 +1,82 @@
+"""The measurement scripts of ``benchmarks/`` whose numbers the docs quote: they must
+compute what the library computes (CICLD's inference) and show what they claim (panels)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests.conftest import write_folder_dataset
+from tests.test_cicld import K, tiny_net
+
+from diffdass.data.labels import colorize, default_palette
+from diffdass.models.cicld import CICLDSegmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_cicld_inference_matches_the_segmenter_and_the_label_condition_acts():
+    ci = _script("cicld_inference")
+    net = tiny_net()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.randint(0, K, (2, 32, 32))
+    with torch.no_grad():
+        for cond in ("self", "none"):
+            ref = CICLDSegmenter(net, 200, 2, cond, seed=0).eval()(x)
+            assert torch.equal(ci.predict(net, x, None, 200, 2, cond), ref)
+        none = ci.predict(net, x, y, 200, 2, "none")
+        label = ci.predict(net, x, y, 200, 2, "label")
+        other = ci.predict(net, x, (y + 1) % K, 200, 2, "label")
+    assert not torch.allclose(none, label)  # the ground truth really conditions the pass
+    assert not torch.allclose(label, other)  # and it is the given label that does
+
+
+def test_cicld_inference_probe_reports_the_condition_effect(tmp_path):
+    ci = _script("cicld_inference")
+    write_folder_dataset(tmp_path / "d", "val", n=3, size=(32, 32), num_classes=K)
+    from diffdass.data.scan import scan_split
+
+    ds = scan_split(tmp_path / "d", "val", "required").dataset()
+    probe = ci.probe_condition(tiny_net(), ds, 2, 200, 2)
+    assert probe["max_logit_change"] > 0
+    assert 0.0 <= probe["argmax_changed_pct"] <= 100.0
+    assert probe["mid_norm_o"] > 0 and probe["mid_norm_c"] > 0 and probe["mid_norm_delta"] > 0
+    assert ci.probe_condition(tiny_net(condition=False), ds, 2, 200, 2) == {}
+
+
+def test_prediction_panel_layout_and_label_colours(tmp_path):
+    pp = _script("prediction_panel")
+    write_folder_dataset(tmp_path / "d", "val", n=3, size=(16, 24), num_classes=K)
+    ev = tmp_path / "eval" / "predictions"
+    ev.mkdir(parents=True)
+    stems = sorted(p.stem for p in (tmp_path / "d" / "val" / "images").glob("*.png"))
+    for s in stems[:2]:  # the column has two of the three images
+        Image.new("RGB", (24, 16), (255, 0, 0)).save(ev / f"{s}.png")
+    panel = pp.build_panel(tmp_path / "d", "val", [("m", ev.parent)], images=4, scale=2)
+    assert panel.size == (3 * 24 * 2, 2 * 16 * 2 + 14)  # 3 columns, the 2 shared stems
+    arr = np.asarray(panel)[14:]
+    label = np.asarray(Image.open(tmp_path / "d" / "val" / "labels" / f"{stems[0]}.png"))
+    want = colorize(label, default_palette(19))
+    assert np.array_equal(arr[0:32:2, 48:96:2], want)  # row 0, column "label"
+    assert (arr[:32, 96:] == [255, 0, 0]).all()  # the model's column
+    with pytest.raises(SystemExit, match="predictions"):
+        pp.build_panel(tmp_path / "d", "val", [("x", tmp_path / "missing")], 1, 1)
