@@ -54,3 +54,14 @@ def write_folder_dataset(
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return write_folder_dataset(tmp_path / "ds")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for tests of tiny tensors: two threads on a busy 2-core
+    machine make every small conv wait on the other thread (~100x slower). Restored after
+    the test. Use it module-wide with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

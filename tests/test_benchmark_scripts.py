@@ -26,12 +26,7 @@ def _script(name: str):
     return mod
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_cicld_inference_matches_the_segmenter_and_the_label_condition_acts():

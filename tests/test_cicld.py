@@ -37,14 +37,7 @@ from diffdass.utils.io import load_tensors
 K = 4  # classes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine make every
-    small conv wait on the other thread, ~100x slower); restored after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_model(**over) -> CICLDModelConfig:
