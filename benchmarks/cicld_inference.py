@@ -29,22 +29,21 @@ import torch.nn.functional as F
 from diffdass.adaptation.cicld import load_cicld
 from diffdass.data.scan import scan_split
 from diffdass.evaluation.metrics import ConfusionMatrix, resolve_class_set
-from diffdass.models.cicld import denoise_timesteps
+from diffdass.models.cicld import CICLDSegmenter, denoise_timesteps
 
 
 @torch.no_grad()
 def predict(net, x, label, t_start: int, steps: int, condition: str, seed: int = 0):
-    """Logits of ``net`` (a CICLDNet) at input size under one inference variant."""
+    """Logits of ``net`` (a CICLDNet) at input size under one inference variant: ``self`` and
+    ``none`` are :class:`CICLDSegmenter` itself; ``label`` is one pass conditioned on the
+    given label map, with the segmenter's noise (seeded by ``seed``)."""
+    if condition != "label" or net.mask_encoder is None:
+        return CICLDSegmenter(net, t_start, steps, condition, seed)(x)
     post, skips = net.encode(x)
     z0 = post.mode()
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(z0.shape, generator=gen, dtype=z0.dtype)
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=z0.dtype)
+    tokens = net.condition_tokens(label, z0)
     ts = denoise_timesteps(t_start, steps)
-    logits = net.decode_logits(net.denoise(z0, None, ts, noise)[-1], skips)
-    if condition == "none" or net.mask_encoder is None:
-        return logits
-    cond = logits.argmax(1) if condition == "self" else label
-    tokens = net.condition_tokens(cond, z0)
     return net.decode_logits(net.denoise(z0, tokens, ts, noise)[-1], skips)
 
 
@@ -137,9 +136,8 @@ def main() -> None:
         ts = [int(t) for t in a.timesteps.split(",") if t.strip()] or [t_trained]
         res = results[str(path)] = {}
         for t in ts:
-            steps = max(
-                1, min(s_trained, t)
-            )  # t = 0: one step (denoise_timesteps needs t >= steps - 1)
+            # t = 0: one step (denoise_timesteps needs t >= steps - 1)
+            steps = max(1, min(s_trained, t))
             for c in conds:
                 res[f"t={t} steps={steps} {c}"] = score(net, ds, t, steps, c)
                 print(f"{path}: t={t} steps={steps} {c}: {res[f't={t} steps={steps} {c}']:.1f}")
