@@ -114,6 +114,9 @@ def test_shipped_configs_load_and_validate():
         if f in paper:
             # the paper's settings
             assert cfg.ptl.n_max == 600 and cfg.ptl.iterations_per_domain == 300
-            assert cfg.ptl.guidance.scale == 80.0 and cfg.ptl.batch_size == 2
+            assert cfg.ptl.batch_size == 2 and cfg.ptl.optim.lr == 2.5e-4
+            assert cfg.ptl.lr_schedule == "constant"  # the paper: no decay across domains
+            # the strength in resolution-free units, calibrated without target labels
+            assert cfg.ptl.guidance.is_auto and cfg.ptl.guidance.reduction == "sum"
             assert cfg.source_only.iterations == 20000 and cfg.source_only.optim.lr == 2.5e-4
             assert cfg.ddpm.lr == 2e-5 and cfg.ddpm.batch_size == 4

@@ -24,6 +24,7 @@ from diffdass.diffusion import (
     translate,
     translation_schedule,
 )
+from diffdass.diffusion.guidance import DEFAULT_SCALE
 
 B, H, W, NCLS = 2, 16, 32, 5
 IGN = 255
@@ -300,10 +301,14 @@ def test_gsg_matches_torch_default_reduction_with_upsampling(sched):
     xr = x.clone().requires_grad_(True)
     logits = F.interpolate(seg(xr), size=(H, W), mode="bilinear", align_corners=False)
     (ref,) = torch.autograd.grad(F.cross_entropy(logits, y, ignore_index=IGN), xr)
-    torch.testing.assert_close(GSG(seg, y).gradient(x), ref, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(GSG(seg, y, reduction="mean").gradient(x), ref, rtol=1e-5, atol=1e-9)
     # and the batch does not change an image's gradient (per-image mean)
     y2, x2 = make_labels(), rand_x(7)
-    torch.testing.assert_close(GSG(seg, y2).gradient(x2)[:1], ref, rtol=1e-5, atol=1e-9)
+    got = GSG(seg, y2, reduction="mean").gradient(x2)[:1]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-9)
+    # the default (sum): the same gradient times the image's labelled pixel count
+    n_valid = (y != IGN).sum().item()
+    torch.testing.assert_close(GSG(seg, y).gradient(x), ref * n_valid, rtol=1e-5, atol=1e-7)
 
 
 def _lcg_literal_sample(seg, x_t, y, t, sched, scale, z):
@@ -470,7 +475,7 @@ def test_segmenter_state_untouched(sched):
     ref = LCG(ConvSeg().eval(), y, mode="loop").gradient(x)
     for mode in ("batched", "loop", "single_pass"):
         torch.testing.assert_close(LCG(seg, y, mode=mode).gradient(x).shape, ref.shape)
-    torch.testing.assert_close(LCG(seg, y, mode="batched").gradient(x), ref, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(LCG(seg, y, mode="batched").gradient(x), ref, rtol=1e-4, atol=1e-7)
     GSG(seg, y).gradient(x)
     assert seg.training and seg.bn.training and not seg.head.training
     assert torch.equal(seg.bn.running_mean, rm)
@@ -528,7 +533,9 @@ def test_build_guidance_kinds():
     assert isinstance(lcg, LCG) and lcg.mode == "single_pass" and lcg.chunk_size == 3
     sgg = build_guidance("sgg", seg, y, arrangement="gsg_then_lcg", seed=4)
     assert isinstance(sgg, SGG) and sgg.arrangement == "gsg_then_lcg"
-    assert isinstance(sgg.lcg, LCG) and isinstance(sgg.gsg, GSG) and sgg.lcg.scale == 80.0
+    assert isinstance(sgg.lcg, LCG) and isinstance(sgg.gsg, GSG)
+    assert sgg.lcg.scale == sgg.gsg.scale == DEFAULT_SCALE
+    assert sgg.lcg.reduction == sgg.gsg.reduction == "sum"
     with pytest.raises(ValueError):
         build_guidance("xyz", seg, y)
 

@@ -31,8 +31,8 @@ def test_image_mean_lcg_weighs_a_pixel_like_gsg():
     no larger than a large region's."""
     y, x = one_pixel_region_labels(), rand_x(3)
     pix = nn.Conv2d(3, NCLS, 1).eval()
-    lcg = LCG(pix, y, mode="loop")  # default reduction: image_mean
-    gsg = GSG(pix, y)
+    lcg = LCG(pix, y, mode="loop", reduction="image_mean")
+    gsg = GSG(pix, y, reduction="image_mean")
     torch.testing.assert_close(lcg.loss(x), gsg.loss(x), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(lcg.gradient(x), gsg.gradient(x), rtol=1e-4, atol=1e-9)
     # the literal per-region mean puts |V| / |m_c| times the weight on the 1-pixel region
@@ -48,8 +48,8 @@ def test_image_mean_lcg_weighs_a_pixel_like_gsg():
 def test_image_mean_modes_agree_with_loop(mode):
     y, x = one_pixel_region_labels(), rand_x(4)
     seg = ConvSeg().eval()
-    ref = LCG(seg, y, mode="loop").gradient(x)
-    got = LCG(seg, y, mode=mode).gradient(x)
+    ref = LCG(seg, y, mode="loop", reduction="image_mean").gradient(x)
+    got = LCG(seg, y, mode=mode, reduction="image_mean").gradient(x)
     if mode == "batched":
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-9)
     else:  # an approximation; same scale
@@ -63,7 +63,8 @@ def test_image_mean_shift_is_bounded_by_gsg_bound():
     pix = nn.Conv2d(3, NCLS, 1).eval()
     J = torch.linalg.matrix_norm(pix.weight.detach()[:, :, 0, 0], ord=2).item()
     scale, var = 80.0, 0.01
-    for guide in (GSG(pix, y, scale), LCG(pix, y, scale, mode="loop")):
+    im = "image_mean"
+    for guide in (GSG(pix, y, scale, reduction=im), LCG(pix, y, scale, mode="loop", reduction=im)):
         shift = guide(x, 10, 10, var)
         per_image = shift.flatten(1).norm(dim=1)
         assert (per_image <= scale * var * 2**0.5 * J * 1.0001).all()

@@ -486,3 +486,51 @@ def test_stage_metrics_roundtrip_is_the_floor_at_tiny_depth(pipeline_run, tmp_pa
     assert src > floor
     assert abs(shallow - floor) < 0.1 * (src - floor), (shallow, floor, src)
     assert deep > shallow + 0.1 * (src - floor), (deep, shallow)
+
+
+def test_auto_strength_is_calibrated_without_target_labels(tmp_path):
+    """`scale: auto`: the run trains a judge (another seed), sweeps the strength, and PTL,
+    the stage metrics and the report use the chosen number; a calibrate-only run on a
+    fresh folder stops after the calibration with the same result."""
+    import yaml
+
+    from diffdass.adaptation.calibration import won_back
+    from diffdass.cli.main import calibration_lines
+
+    over = {
+        "ptl.guidance.scale": "auto",
+        "calibration.strengths": [1.0, 4.0],
+        "calibration.images": 4,
+        "calibration.target_images": 4,
+    }
+    out = tmp_path / "run"
+    summary = run_pipeline(tiny_config(out, **over), progress=False, echo=lambda *_: None)
+    res = json.loads((out / "calibration" / "calibration.json").read_text())
+    assert [p["strength"] for p in res["points"]] == [0.0, 1.0, 4.0]
+    assert res["chosen_strength"] in (0.0, 1.0, 4.0) and res["n"] == 20
+    for p in res["points"]:
+        assert 0 <= p["judge_consistency"] <= 100 and p["distance"] > 0
+        assert p["oracle_consistency"] is not None  # evidence, reported beside the judge
+    assert res["points"][1]["rms_change_vs_unguided"] > 0  # guidance moved the images
+    judge_cfg = yaml.safe_load((out / "judge" / "config.yaml").read_text())
+    g0_cfg = yaml.safe_load((out / "source_only" / "config.yaml").read_text())
+    assert judge_cfg["seed"] == g0_cfg["seed"] + 1000
+    ptl_cfg = yaml.safe_load((out / "ptl" / "config.yaml").read_text())
+    assert ptl_cfg["guidance"]["scale"] == res["chosen_strength"]
+    assert summary["calibration"]["chosen_strength"] == res["chosen_strength"]
+    assert "guided_judge_consistency" in summary["stage_metrics"]["along_n"][-1]
+    assert (out / "calibration" / "curve.png").is_file()
+    assert "Guidance strength (calibration)" in (out / "report.html").read_text()
+    lines = calibration_lines(res, won_back)
+    assert sum("<- chosen" in line for line in lines) == 1
+    # calibrate-guidance on a new folder: the same stages, nothing after the calibration
+    out2 = tmp_path / "calib_only"
+    res2 = run_pipeline(
+        tiny_config(out2, **over), progress=False, echo=lambda *_: None, calibrate_only=True
+    )
+    keys = ("strength", "judge_consistency", "guide_consistency", "distance")
+    assert [[p[k] for k in keys] for p in res2["points"]] == [
+        [p[k] for k in keys] for p in res["points"]
+    ]
+    assert all(p.get("oracle_consistency") is None for p in res2["points"])  # no oracle trained
+    assert not (out2 / "ptl").exists() and not (out2 / "oracle").exists()

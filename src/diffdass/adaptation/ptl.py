@@ -88,6 +88,12 @@ class PTLConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # The learning rate along the domains (optim.lr is the base rate, optim.warmup the warm-up
+    # at the start of the run): "domain" = optim's poly decay restarted at every domain (each
+    # g_k ends annealed on its own domain; the default), "constant" = optim.lr throughout (the
+    # paper: SGD at 2.5e-4, no decay), "global" = one poly decay over all domains (the domains
+    # nearest the target then train at a few percent of the rate).
+    lr_schedule: str = "domain"
     aug: AugConfig = field(default_factory=AugConfig)
     noisy_masked: NoisyMaskedConfig = field(default_factory=NoisyMaskedConfig)
     # BatchNorm during fine-tuning (the paper does not say): "separate" = train mode, one
@@ -96,8 +102,10 @@ class PTLConfig:
     # statistics of g_0 kept (DeepLab-V2 with ImageNet weights and batch 2).
     bn: str = "separate"
     translate_batch_size: int = 8
-    # translate at [H, W] (e.g. the DDPM's 256x512) and resize back to the training crop;
-    # default: translate the crop itself (the UNet is convolutional)
+    # translate at [H, W] (e.g. the DDPM's 256x512) instead of the training crop: the source
+    # crop is resized to it (antialiased), translated, and L_ada is trained on the translation
+    # at that size with nearest-resized labels (no resize back, so no blur); default: translate
+    # the crop itself (the UNet is convolutional)
     translate_size: list[int] | None = None
     eval_every: int = 0  # evaluate g_k on `val` every this many domains (0: only at the end)
     eval_input_size: list[int] | None = None
@@ -122,10 +130,44 @@ class PTLConfig:
             raise ConfigError("n_max, iterations_per_domain and batch_size must be positive")
         if self.num_domains is not None and not 1 <= self.num_domains <= self.n_max:
             raise ConfigError(f"num_domains must lie in 1..n_max ({self.n_max})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"lr_schedule must be one of {'|'.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.translate_size is not None and (
+            len(self.translate_size) != 2 or min(self.translate_size) <= 0
+        ):
+            raise ConfigError(f"translate_size: expected [H, W], got {self.translate_size}")
+        fixed = self.aug.crop or self.aug.resize
+        if (
+            self.bn == "joint"
+            and self.translate_size
+            and fixed
+            and list(self.translate_size) != list(fixed)
+        ):
+            raise ConfigError(
+                "bn: joint needs translations of the training size: translate_size "
+                f"{self.translate_size} differs from the crop {fixed} (use bn: separate)"
+            )
         if self.domains == "every" and self.reverse_steps is not None:
             raise ConfigError(
                 "reverse_steps applies to domains='spread' only (every: n reverse steps)"
             )
+
+    def lr_at(self, it: int) -> float:
+        """Base learning rate of fine-tuning iteration ``it`` (0-based over all domains) under
+        ``lr_schedule``; the warm-up (``optim.warmup``) runs once, at the start."""
+        from diffdass.adaptation.seg_training import poly_lr
+
+        per = self.iterations_per_domain
+        if self.lr_schedule == "global":
+            return poly_lr(self.optim, it, len(self.levels()) * per)
+        lr = self.optim.lr
+        if self.lr_schedule == "domain":
+            lr *= (1 - (it % per) / per) ** self.optim.poly_power
+        if self.optim.warmup > 0 and it < self.optim.warmup:
+            lr *= (it + 1) / self.optim.warmup
+        return lr
 
     def levels(self) -> list[int]:
         """The noise depth n_k of every domain, in order."""
@@ -148,6 +190,10 @@ class PTLConfig:
         return int(sum(per * self.reverse_calls(n) for n in self.levels()))
 
 
+#: PTL's learning-rate schedules (PTLConfig.lr_schedule)
+LR_SCHEDULES = ("domain", "constant", "global")
+
+
 def _domain_seed(seed: int, k: int, stream: int) -> int:
     return derive_seed(seed, 5151, stream, k, high=2**31 - 1)
 
@@ -157,9 +203,12 @@ def _domain_seed(seed: int, k: int, stream: int) -> int:
 RESUME_IGNORE = ("num_workers", "eval_every")
 
 
-def check_config(cfg: PTLConfig) -> None:
-    """The checks of ``cfg`` that need no file (also run up front by ``diffdass run``)."""
+def check_config(cfg: PTLConfig, allow_auto: bool = False) -> None:
+    """The checks of ``cfg`` that need no file (also run up front by ``diffdass run``, which
+    resolves ``guidance.scale: auto`` itself: ``allow_auto``)."""
     validate_tree(cfg)
+    if cfg.guidance.kind != "none" and cfg.guidance.is_auto and not allow_auto:
+        cfg.guidance.strength()  # the error that says how to choose it
     if not cfg.init or not cfg.ddpm:
         raise ConfigError("PTL needs `init` (g_0 checkpoint) and `ddpm` (target DDPM checkpoint)")
     if cfg.aug.crop is None and cfg.aug.resize is None:
@@ -253,6 +302,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         freeze_bn=cfg.bn == "frozen",
         noisy_masked=nm,
         joint_bn=cfg.bn == "joint",
+        lr_fn=cfg.lr_at,
     )
     meta = segmenter_meta_from(smeta)
     last = run.ckpt_dir / "last.safetensors"
@@ -378,15 +428,11 @@ def _fixed_size(a: AugConfig) -> tuple[int, int]:
     return tuple(a.crop) if a.crop else tuple(a.resize)
 
 
-def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments) -> torch.Tensor:
-    """translate_batch at ``cfg.translate_size`` (if set), returned at the input's size."""
-    import torch.nn.functional as F
-
-    size = tuple(x0.shape[-2:])
-    if cfg.translate_size and tuple(cfg.translate_size) != size:
-        ts = tuple(cfg.translate_size)
-        x0 = F.interpolate(x0, size=ts, mode="bilinear", align_corners=False, antialias=True)
-        y = F.interpolate(y[:, None].float(), size=ts, mode="nearest")[:, 0].long()
+def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments):
+    """translate_batch at ``cfg.translate_size`` (if set): returns the translations and their
+    labels, both at the translation size (labels nearest-resized; no resize back)."""
+    if cfg.translate_size and tuple(cfg.translate_size) != tuple(x0.shape[-2:]):
+        x0, y = _to_translation_size(x0, y, tuple(cfg.translate_size))
     xg = translate_batch(
         x0,
         y,
@@ -401,9 +447,16 @@ def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments) -
         sampler=cfg.sampler,
         moments=moments,
     )
-    if tuple(xg.shape[-2:]) != size:
-        xg = F.interpolate(xg, size=size, mode="bilinear", align_corners=False).clamp(-1, 1)
-    return xg
+    return xg, y
+
+
+def _to_translation_size(x0: torch.Tensor, y: torch.Tensor, size: tuple[int, int]):
+    """Source images resized to ``size`` (bilinear, antialiased) and labels (nearest)."""
+    import torch.nn.functional as F
+
+    x0 = F.interpolate(x0, size=size, mode="bilinear", align_corners=False, antialias=True)
+    y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return x0.clamp(-1, 1), y
 
 
 def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments) -> dict:
@@ -426,7 +479,7 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
     tb = cfg.translate_batch_size
     starts = list(range(0, len(keys), tb))
     mine = set(dist.shard(range(len(starts))))
-    src_imgs, labels, done = [], [], []
+    src_imgs, labels, done = [], [], []  # done: (batch j, translations, their labels)
     for j, s in enumerate(starts):
         items = [stream[key] for key in keys[s : s + tb]]
         x0 = torch.stack([it["image"] for it in items])
@@ -435,7 +488,7 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
         labels.append(y)
         if j not in mine:
             continue
-        xg = _translate(
+        xg, yg = _translate(
             cfg,
             x0.to(device),
             y.to(device),
@@ -447,24 +500,26 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
             _domain_seed(cfg.seed, k, 1) + j,
             moments,
         )
-        done.append((j, xg.cpu().half()))
+        done.append((j, (xg.cpu().half(), yg.cpu())))
     del guide
     gathered = dict(dist.gather_objects(done))
-    translated = [gathered[j] for j in range(len(starts))]
+    translated = [gathered[j][0] for j in range(len(starts))]
+    yn = torch.cat([gathered[j][1] for j in range(len(starts))])  # at the translation size
     t_tr = time.perf_counter() - t0
     xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
     order = _pool_order(len(keys), iters * bs, _domain_seed(cfg.seed, k, 2))
     b = dist.local_batch_size(bs)
     off = dist.batch_offset(b)
-    losses, parts = [], []
+    losses, parts, lrs = [], [], []
     for i in range(iters):
         sl = order[i * bs : (i + 1) * bs][off : off + b]  # this process's slice
-        batches = [(xn[sl].float(), ys[sl])]
+        batches = [(xn[sl].float(), yn[sl])]
         if cfg.loss_src:
             batches.append((xs[sl].float(), ys[sl]))
         st = trainer.step(first_it + i, batches)
         losses.append(st["loss"])
         parts.append(st["parts"])
+        lrs.append(st["lr"])
     pa = np.asarray(parts)
     return {
         "domain": k + 1,
@@ -474,6 +529,8 @@ def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, mome
         "loss": float(np.mean(losses)),
         "loss_ada": float(pa[:, 0].mean()),
         "loss_src": float(pa[:, 1].mean()) if cfg.loss_src else None,
+        "lr_first": lrs[0],
+        "lr_last": lrs[-1],
         "translate_seconds": t_tr,
         "seconds": time.perf_counter() - t0,
     }
@@ -498,7 +555,7 @@ def _save_strip(
     y = torch.stack([it["label"] for it in items]).to(device)
     was_training = model.training
     model.eval()
-    xg = _translate(
+    xg, _ = _translate(
         cfg,
         x0,
         y,

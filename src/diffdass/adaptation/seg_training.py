@@ -148,8 +148,12 @@ class SegTrainer:
         freeze_bn: bool = False,
         noisy_masked: NoisyMaskedAugment | None = None,
         joint_bn: bool = False,
+        lr_fn=None,
     ) -> None:
         self.model = model.to(device)
+        # base lr of an iteration; default: the optimiser's (warm-up and) poly decay over
+        # total_iterations (PTL passes its per-domain schedule, PTLConfig.lr_at)
+        self.lr_fn = lr_fn
         self.device = device
         self.cfg = optim
         self.total = total_iterations
@@ -168,7 +172,9 @@ class SegTrainer:
         self.optimizer = build_optimizer(self.model, optim)
 
     def lr_at(self, it: int) -> float:
-        """Base lr of iteration ``it`` (:func:`poly_lr`)."""
+        """Base lr of iteration ``it`` (``lr_fn``, else :func:`poly_lr`)."""
+        if self.lr_fn is not None:
+            return float(self.lr_fn(it))
         return poly_lr(self.cfg, it, self.total)
 
     def _set_lr(self, it: int) -> float:

@@ -123,9 +123,13 @@ def measure_stages(
     guided: bool = True,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    judge: str | Path | None = None,
 ) -> dict:
     """Score DDPM samples and translations along ``levels``; writes ``out/stage_metrics.json``
-    and ``out/translations.png``. Returns the metrics."""
+    and ``out/translations.png``. Returns the metrics.
+
+    ``judge``: an independent source-only model (the calibration's): its label consistency is
+    reported beside the oracle's as ``*_judge_consistency``."""
     from diffdass.diffusion.training import ddpm_moments, load_ddpm, sample_images
     from diffdass.models.checkpoint import load_segmenter
 
@@ -150,8 +154,15 @@ def measure_stages(
     def dist(x: torch.Tensor) -> float:
         return float(image_set_distance(x, xv, seed=seed)["swd"])
 
+    judge_model = load_segmenter(judge, device)[0] if judge else None
+
     def cons(x: torch.Tensor) -> float | None:
         return oracle_consistency(oracle_model, x, ys, classes, device) if oracle_model else None
+
+    def jcons(x: torch.Tensor) -> dict:
+        if judge_model is None:
+            return {}
+        return {"judge_consistency": oracle_consistency(judge_model, x, ys, classes, device)}
 
     metrics: dict = {
         "distance": "patch SWD x1e3 to target val (diffdass.evaluation.distance)",
@@ -159,6 +170,7 @@ def measure_stages(
         "floor_target_train": dist(xt),
         "ceiling_source": dist(xs),
         "source_consistency": cons(xs),
+        **{f"source_{k}": v for k, v in jcons(xs).items()},
     }
     samples = sample_images(unet, schedule, len(xs), size, 50, seed, device, moments)
     metrics["ddpm_samples"] = dist(samples)
@@ -170,6 +182,7 @@ def measure_stages(
         )
         pics[n] = base
         row = {"n": n, "baseline_distance": dist(base), "baseline_consistency": cons(base)}
+        row |= {f"baseline_{k}": v for k, v in jcons(base).items()}
         back = translate_images(
             xt, yt, n, unet, schedule, None, none, sampler, moments, respace_steps, seed, device
         )
@@ -190,6 +203,7 @@ def measure_stages(
                 device,
             )
             row |= {"guided_distance": dist(gd), "guided_consistency": cons(gd)}
+            row |= {f"guided_{k}": v for k, v in jcons(gd).items()}
             pics[-1] = gd
         rows.append(row)
     metrics["along_n"] = rows

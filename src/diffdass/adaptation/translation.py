@@ -23,7 +23,7 @@ import torch
 from diffdass.data.folder import DomainSpec, tensor_to_image
 from diffdass.data.labels import colorize
 from diffdass.data.transforms import Resize
-from diffdass.diffusion.guidance import build_guidance
+from diffdass.diffusion.guidance import DEFAULT_SCALE, REDUCTIONS, build_guidance
 from diffdass.diffusion.moments import EpsMoments
 from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
@@ -39,18 +39,20 @@ class GuidanceConfig:
     """Semantic Gradient Guidance (paper Sec. 4.2)."""
 
     kind: str = "sgg"  # none (baseline phi^n) | gsg | lcg | sgg (LCG and GSG arranged)
-    scale: float = 80.0  # lambda of Eq. 7
+    # The strength: a number, or "auto" (diffdass run / calibrate-guidance choose it without
+    # target labels, docs/translation.md). With reduction "sum" it is the classifier scale of
+    # guided diffusion, per pixel: the same value means the same pull at any resolution and
+    # batch size. With "mean" it is the paper's lambda (80 in Peng et al.).
+    scale: float | str = DEFAULT_SCALE
     arrangement: str = "alternate"  # alternate | lcg_then_gsg | gsg_then_lcg | random
     lcg_mode: str = "batched"  # batched | loop (naive reference) | single_pass (approximation)
     chunk_size: int = 16  # masked images per segmenter pass in batched LCG
-    # How the pixel cross-entropies of L_ce are reduced (effective per-pixel steps and the
-    # bound on the shift: diffdass.diffusion.guidance). "image_mean" (default): every labelled
-    # pixel weighs 1/|labelled pixels of its image| in GSG and LCG alike (LCG: each region's
-    # summed CE over the image's labelled pixel count). "mean": the paper's Eq. 6 and 10 read
-    # literally (torch's mean CE per image, per class region for LCG: a tiny region's pixels
-    # weigh up to |image| times more). "sum": the factorised log p(y | x_t); lambda must then
-    # be ~|image| times smaller (docs/translation.md).
-    reduction: str = "image_mean"
+    # How the pixel cross-entropies of L_ce are reduced (diffdass.diffusion.guidance):
+    # "sum" (default): -log p(y | x_t), every pixel weighs 1 (resolution-free strength);
+    # "image_mean": every labelled pixel weighs 1/|labelled pixels of its image| (the pull falls
+    # as 1/pixels); "mean": the paper's Eq. 6 and 10 read literally (torch's mean CE per image,
+    # per class region for LCG: a tiny region's pixels weigh up to |image| times more).
+    reduction: str = "sum"
     # Where the segmenter reads the image: "x_t" (the paper: the noisy sample), "x0" (the
     # predicted clean image, gradient mapped back by 1/sqrt(abar_t), no gradient through the
     # UNet) or "x0_unet" (the predicted clean image, exact gradient through the UNet; costs a
@@ -67,16 +69,39 @@ class GuidanceConfig:
             raise ConfigError(f"guidance.arrangement: unknown {self.arrangement!r}")
         if self.lcg_mode not in ("batched", "loop", "single_pass"):
             raise ConfigError(f"guidance.lcg_mode: unknown {self.lcg_mode!r}")
-        if self.reduction not in ("image_mean", "mean", "sum"):
+        if self.reduction not in REDUCTIONS:
             raise ConfigError(
-                f"guidance.reduction must be image_mean|mean|sum, got {self.reduction!r}"
+                f"guidance.reduction must be sum|image_mean|mean, got {self.reduction!r}"
             )
         if self.input not in ("x_t", "x0", "x0_unet"):
             raise ConfigError(f"guidance.input must be x_t|x0|x0_unet, got {self.input!r}")
         if self.max_t is not None and self.max_t < 0:
             raise ConfigError("guidance.max_t must be >= 0 (or null for every step)")
-        if self.scale < 0:
+        if isinstance(self.scale, str):
+            text = self.scale.strip()
+            if text != "auto":
+                try:  # `--set ptl.guidance.scale=2` arrives as text (the field may be "auto")
+                    self.scale = float(text)
+                except ValueError:
+                    raise ConfigError(
+                        f"guidance.scale must be a number >= 0 or 'auto', got {self.scale!r}"
+                    ) from None
+        if not self.is_auto and self.scale < 0:
             raise ConfigError("guidance.scale must be >= 0")
+
+    @property
+    def is_auto(self) -> bool:
+        """The strength is to be chosen by calibration (``scale: auto``)."""
+        return isinstance(self.scale, str) and self.scale.strip() == "auto"
+
+    def strength(self) -> float:
+        """The numeric strength; ``auto`` must have been resolved (diffdass run does it)."""
+        if self.is_auto:
+            raise ConfigError(
+                "guidance.scale is 'auto': run `diffdass calibrate-guidance CONFIG` (or let "
+                "`diffdass run` calibrate) and set the number it prints"
+            )
+        return float(self.scale)
 
 
 @dataclass
@@ -150,7 +175,7 @@ def translate_batch(
         guidance.kind,
         segmenter,
         labels if guidance.kind != "none" else None,
-        scale=guidance.scale,
+        scale=guidance.strength() if guidance.kind != "none" else 0.0,
         arrangement=guidance.arrangement,
         lcg_mode=guidance.lcg_mode,
         chunk_size=guidance.chunk_size,

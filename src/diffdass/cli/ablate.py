@@ -32,7 +32,13 @@ from pathlib import Path
 from diffdass.adaptation.cicld import train_cicld
 from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import train_segmenter
-from diffdass.cli.pipeline import PipelineConfig, _fill, evaluate_checkpoint, run_pipeline
+from diffdass.cli.pipeline import (
+    PipelineConfig,
+    _fill,
+    evaluate_checkpoint,
+    resolved_ptl,
+    run_pipeline,
+)
 from diffdass.evaluation.report import sweep_plot
 from diffdass.utils.config import ConfigError, from_dict, to_dict
 from diffdass.utils.io import atomic_write_bytes, atomic_write_text, read_json, write_json
@@ -332,6 +338,8 @@ def run_ablation(
         echo(f"[ablate] seed {seed}: shared stages")
         summary = run_pipeline(base, progress=progress, echo=echo)
         base = _fill(base)
+        if base.ptl is not None:  # `scale: auto`: every row starts from the seed's calibration
+            base.ptl = resolved_ptl(base, Path(base.out))
         res = results.setdefault(str(seed), {})
         res["source-only g_0"] = summary["miou"]["source_only"]
         if "adabn" in summary["miou"]:

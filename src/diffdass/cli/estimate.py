@@ -26,6 +26,7 @@ statistics pass, stage metrics, the report, process start-up and data loading.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -266,6 +267,7 @@ def _ddpm_step_time(dcfg, full, device, steps: int) -> float:
 def _translate_call_time(cfg, full, nc, device, steps: int) -> float:
     """Seconds per reverse call of one guided translation batch (depth n_max)."""
     from diffdass.adaptation.translation import translate_batch
+    from diffdass.diffusion.guidance import DEFAULT_SCALE
     from diffdass.diffusion.moments import EpsMoments
     from diffdass.diffusion.schedule import DDPMSchedule
     from diffdass.models.factory import build_segmenter
@@ -283,11 +285,15 @@ def _translate_call_time(cfg, full, nc, device, steps: int) -> float:
     moments = EpsMoments((0, t_max), (0.05, 0.95))  # any values: the cost is the same
     x0 = (torch.rand(p.translate_batch_size, 3, *tsize) * 2 - 1).to(device)
     y = block_labels(p.translate_batch_size, tsize, nc).to(device)
+    # the cost does not depend on the strength: `scale: auto` is timed at the default value
+    guide = (
+        dataclasses.replace(p.guidance, scale=DEFAULT_SCALE) if p.guidance.is_auto else p.guidance
+    )
 
     def run(k: int):
         g = torch.Generator().manual_seed(0)
         translate_batch(
-            x0, y, n, unet, schedule, seg, p.guidance, g, k, 0, p.sampler, moments
+            x0, y, n, unet, schedule, seg, guide, g, k, 0, p.sampler, moments
         )  # fmt: skip
 
     run(1)  # warm-up

@@ -294,7 +294,14 @@ def translate(
     ] = None,
     n: Annotated[int | None, typer.Option("--n", help="Diffusion depth n (steps).")] = None,
     guidance: Annotated[str | None, typer.Option(help="none | gsg | lcg | sgg")] = None,
-    scale: Annotated[float | None, typer.Option(help="Guidance scale lambda (paper: 80).")] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Guidance strength: the classifier scale per pixel with the default reduction"
+            " `sum` (choose it with `diffdass calibrate-guidance`); the paper's lambda = 80"
+            " goes with `--set guidance.reduction=mean`."
+        ),
+    ] = None,
     arrangement: Annotated[
         str | None, typer.Option(help="alternate | lcg_then_gsg | gsg_then_lcg | random")
     ] = None,
@@ -421,6 +428,78 @@ def run(
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}")
 
 
+@app.command("calibrate-guidance")
+@friendly_errors
+def calibrate_guidance(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False
+        ),
+    ] = None,
+    sets: SetOpt = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output directory.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of every stage.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Choose the guidance strength for a domain pair without target labels.
+
+    Trains (or reuses, in the run folder) g_0, the target DDPM and a judge (g_0's recipe with
+    another seed), translates a few dozen source images at the deepest PTL depth for each
+    strength of `calibration.strengths`, scores label consistency with the judge and the
+    patch distance to unlabeled target images, and picks the knee (docs/translation.md).
+    Writes <out>/calibration/calibration.json and curve.png. `diffdass run` does the same by
+    itself when `ptl.guidance.scale: auto`; a later run on the same folder reuses all of it.
+    """
+    from diffdass.adaptation.calibration import won_back
+    from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig, run_pipeline
+
+    cfg = build_config(
+        PipelineConfig,
+        config or DEFAULT_CONFIG,
+        sets,
+        {"out": out, "seed": seed, "device": device},
+        validate=False,
+    )
+    res = run_pipeline(cfg, progress=not quiet, echo=typer.echo, calibrate_only=True)
+    for line in calibration_lines(res, won_back):
+        typer.echo(line)
+    cfg_name = str(config) if config else "(the built-in benchmark)"
+    typer.echo(
+        f"ptl.guidance.scale: {res['chosen_strength']:g}   "
+        f"# chosen by: diffdass calibrate-guidance {cfg_name} (reduction {res['reduction']})"
+    )
+    typer.echo(f"curve: {Path(cfg.out) / 'calibration' / 'curve.png'}")
+
+
+def calibration_lines(res: dict, won_back) -> list[str]:
+    """The calibration sweep as printed lines: one per strength, then the choice."""
+    has_oracle = all(p.get("oracle_consistency") is not None for p in res["points"])
+    head = f"guidance strength at n={res['n']} ({res['images']} source images):"
+    lines = [head, "  strength  judge  guide" + ("  oracle" if has_oracle else "") + "    SWD"]
+    for p in res["points"]:
+        mark = "  <- chosen" if p["strength"] == res["chosen_strength"] else ""
+        orc = f"  {p['oracle_consistency']:6.1f}" if has_oracle else ""
+        lines.append(
+            f"  {p['strength']:8g}  {p['judge_consistency']:5.1f}  {p['guide_consistency']:5.1f}"
+            f"{orc}  {p['distance']:5.0f}{mark}"
+        )
+    src = res["source_consistency"]
+    lines.append(
+        f"  (untranslated source: judge {src['judge_consistency']:.1f}, SWD "
+        f"{res['source_distance']:.0f})"
+    )
+    for judge in ("judge", "oracle"):
+        share = won_back(res, judge)
+        if share is not None:
+            lines.append(
+                f"  at the chosen strength guidance wins back {100 * share:.0f}% of the label "
+                f"consistency unguided translation loses ({judge})"
+            )
+    return lines
+
+
 #: the adaptation rows of the printed summary: key -> (label, name in sentences, symbol)
 SUMMARY_METHODS = {
     "ptl": ("the method: g_N after PTL on guided diffusion translations", "the method", "g_N"),
@@ -469,6 +548,21 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(
             f"  CICLD - DACS: {d:+.1f} (the diffusion segmenter against the same self-training"
             " without diffusion)"
+        )
+    cal = summary.get("calibration")
+    if cal:
+        shares = ", ".join(
+            f"{100 * cal[f'won_back_{j}']:.0f}% ({j})"
+            for j in ("judge", "oracle")
+            if cal.get(f"won_back_{j}") is not None
+        )
+        lines.append(
+            f"guidance strength {cal['chosen_strength']:g} (calibrated without target labels)"
+            + (
+                f": wins back {shares} of the label consistency unguided translation loses"
+                if shares
+                else ""
+            )
         )
     sm = summary.get("stage_metrics")
     if sm and sm.get("along_n"):
@@ -536,7 +630,11 @@ def ablate(
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
     sweep_n: Annotated[str, typer.Option(help="N values for sweep_n (Fig. 5).")] = "100,200,400",
     sweep_lambda: Annotated[
-        str, typer.Option(help="lambda values for sweep_lambda (Fig. 5).")
+        str,
+        typer.Option(
+            help="Guidance strengths (ptl.guidance.scale, in the config's reduction units) for"
+            " sweep_lambda (Fig. 5)."
+        ),
     ] = "0,20,80,200",
     reuse_run: Annotated[
         Path | None,

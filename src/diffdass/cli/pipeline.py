@@ -2,10 +2,13 @@
 
 Stages (each skipped when its artifacts exist, so an interrupted run continues where it
 stopped): built-in benchmark (if enabled) -> source-only g_0 -> AdaBN baseline (g_0 with
-target BatchNorm statistics, no training) -> [target oracle] -> [target DDPM -> PTL] ->
+target BatchNorm statistics, no training) -> [target oracle] -> [target DDPM -> [judge ->
+guidance calibration] -> PTL] ->
 [CICLD] -> [DACS] -> [stage metrics] -> evaluation of every model on target val -> HTML
 report. The bracketed stages are optional: ``oracle``, ``cicld`` and ``dacs`` run when their
-section is given, the DDPM and PTL unless ``ptl: null``.
+section is given, the DDPM and PTL unless ``ptl: null``, the judge (an independent source-only
+model) and the calibration when ``ptl.guidance.scale`` is ``auto``
+(:mod:`diffdass.adaptation.calibration`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffdass.adaptation.calibration import CalibrationSpec, calibrate_guidance
 from diffdass.adaptation.cicld import CICLDConfig, train_cicld
 from diffdass.adaptation.dacs import DACSConfig, train_dacs
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
@@ -66,6 +70,8 @@ class PipelineConfig:
     # unless ``ptl: null`` (then the ``ddpm`` and ``stage_metrics`` sections are not used)
     ddpm: TrainDDPMConfig = field(default_factory=TrainDDPMConfig)
     ptl: PTLConfig | None = field(default_factory=PTLConfig)
+    # how `ptl.guidance.scale: auto` is chosen (judge training and the strength sweep)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     stage_metrics: StageMetricsSpec = field(default_factory=StageMetricsSpec)
     # CICLD (Yu et al.; docs/cicld.md): runs when the section is given (``cicld: {}`` for
     # the defaults); its source, target, seed, device and on_error come from the pipeline
@@ -127,7 +133,8 @@ def check_config(cfg: PipelineConfig) -> None:
     from diffdass.adaptation.ptl import check_config as check_ptl
 
     if cfg.ptl is not None:
-        check_ptl(cfg.ptl)
+        check_ptl(cfg.ptl, allow_auto=True)
+        validate_tree(cfg.calibration)
         if cfg.ptl.n_max > cfg.ddpm.num_timesteps:
             raise ConfigError(
                 f"ptl.n_max {cfg.ptl.n_max} exceeds ddpm.num_timesteps {cfg.ddpm.num_timesteps}"
@@ -181,15 +188,27 @@ _STAGE_OUTPUTS = {
     "oracle": ("oracle/checkpoints/*", "oracle/metrics.json"),
     "adabn": ("adabn/checkpoints/*",),
     "ddpm": ("ddpm/checkpoints/*", "ddpm/metrics.json"),
+    "judge": ("judge/checkpoints/*", "judge/metrics.json"),
+    "calibration": ("calibration/calibration.json",),
     "ptl": ("ptl/checkpoints/*", "ptl/metrics.json"),
     "stage_metrics": ("stage_metrics/*.json",),
     "cicld": ("cicld/checkpoints/*", "cicld/metrics.json"),
     "dacs": ("dacs/checkpoints/*", "dacs/metrics.json"),
 }
 _DEPENDENTS = {
-    "source_only": ("source_only", "oracle", "adabn", "ptl", "stage_metrics", "dacs"),
-    "ddpm": ("ddpm", "ptl", "stage_metrics"),
-    "ptl": ("ptl", "stage_metrics"),
+    "source_only": (
+        "source_only",
+        "oracle",
+        "adabn",
+        "judge",
+        "calibration",
+        "ptl",
+        "stage_metrics",
+        "dacs",
+    ),
+    "ddpm": ("ddpm", "calibration", "ptl", "stage_metrics"),
+    "calibration": ("judge", "calibration", "ptl", "stage_metrics"),
+    "ptl": ("calibration", "ptl", "stage_metrics"),
     "stage_metrics": ("stage_metrics",),
     "cicld": ("cicld",),
     "dacs": ("dacs",),
@@ -295,8 +314,15 @@ def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict
     return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / "eval", cfg.device)
 
 
-def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict:
+def run_pipeline(
+    cfg: PipelineConfig, progress: bool = True, echo=print, calibrate_only: bool = False
+) -> dict:
     """Run every stage; returns the summary written to ``<out>/summary.json``.
+
+    ``calibrate_only`` (``diffdass calibrate-guidance``): run only what the guidance
+    calibration needs (benchmark, g_0, DDPM, judge) and the calibration itself, whatever
+    ``ptl.guidance.scale`` says, and return the calibration result; a later ``diffdass run``
+    on the same folder reuses all of it.
 
     Before any stage runs, every stage's settings and every split the stages will read are
     checked, so a mistake fails in seconds, not after hours (docs/run_directories.md).
@@ -343,7 +369,20 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
     with run.open(cfg, (), allow=allow):
         run.resume_point = "the finished stages and the interrupted stage's last checkpoint"
         run.start()
+        if calibrate_only:
+            return _run_calibration(cfg, out, stage, progress)
         return _run_stages(cfg, out, run, stage, times, progress)
+
+
+def _run_calibration(cfg: PipelineConfig, out: Path, stage, progress) -> dict:
+    """The stages of ``diffdass calibrate-guidance``."""
+    if cfg.ptl is None or cfg.ptl.guidance.kind == "none":
+        raise ConfigError("nothing to calibrate: the config has no guided PTL (ptl.guidance.kind)")
+    stage("source_only", lambda: train_segmenter(cfg.source_only, out / "source_only", progress))
+    g0 = out / "source_only" / "checkpoints" / "final.safetensors"
+    stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
+    stage("judge", lambda: train_segmenter(judge_config(cfg), out / "judge", progress))
+    return stage("calibration", lambda: _calibrate(cfg, out, g0, progress))
 
 
 def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progress) -> dict:
@@ -368,10 +407,14 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
             "eval_oracle",
             lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev),
         )
-    res_ptl = None
+    res_ptl = calib = None
     if cfg.ptl is not None:
         stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
-        stage("ptl", lambda: run_ptl(cfg.ptl, out / "ptl", progress))
+        if needs_calibration(cfg):
+            stage("judge", lambda: train_segmenter(judge_config(cfg), out / "judge", progress))
+            calib = stage("calibration", lambda: _calibrate(cfg, out, g0, progress))
+        ptl_cfg = resolved_ptl(cfg, out)
+        stage("ptl", lambda: run_ptl(ptl_cfg, out / "ptl", progress))
         res_ptl = stage("eval_ptl", lambda: _evaluate_stage(cfg, out, "ptl"))
     res_cicld = None
     if cfg.cicld is not None:
@@ -402,6 +445,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
         "seconds": times,
         "table4": _table4(times, rows),
         **({"stage_metrics": stage_res} if stage_res else {}),
+        **({"calibration": _calibration_summary(calib)} if calib else {}),
     }
     write_json(summary_path, summary)
     stage("report", lambda: _report(out, summary))
@@ -416,6 +460,93 @@ def _evaluate_stage(cfg: PipelineConfig, out: Path, name: str) -> dict:
     return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / name / "eval", cfg.device)
 
 
+def needs_calibration(cfg: PipelineConfig) -> bool:
+    """PTL guides with ``scale: auto``: the run trains a judge and calibrates the strength."""
+    return cfg.ptl is not None and cfg.ptl.guidance.kind != "none" and cfg.ptl.guidance.is_auto
+
+
+def judge_config(cfg: PipelineConfig) -> TrainSegConfig:
+    """The judge: g_0's recipe and data with another seed (``calibration.judge_seed_offset``)
+    and, if set, ``calibration.judge_iterations``; it never guides, so its consistency score
+    of a translation is independent of the guidance."""
+    c = cfg.calibration
+    judge = dataclasses.replace(cfg.source_only, seed=cfg.seed + c.judge_seed_offset)
+    if c.judge_iterations is not None:
+        judge = dataclasses.replace(judge, iterations=c.judge_iterations)
+    return judge
+
+
+def calibration_depth(cfg: PipelineConfig) -> int:
+    """The depth the strength is calibrated at: ``calibration.n``, else the deepest domain."""
+    return cfg.calibration.n or cfg.ptl.levels()[-1]
+
+
+def _calibrate(cfg: PipelineConfig, out: Path, g0: Path, progress: bool) -> dict:
+    """The strength sweep (cached in ``out/calibration``; recomputed when g_0, the judge or
+    the DDPM changed)."""
+    from diffdass.utils.device import resolve_device
+
+    dst = out / "calibration"
+    res_path = dst / "calibration.json"
+    judge = out / "judge" / "checkpoints" / "final.safetensors"
+    ddpm = Path(cfg.ptl.ddpm)
+    newest = max(p.stat().st_mtime for p in (g0, judge, ddpm))
+    if res_path.is_file() and res_path.stat().st_mtime >= newest:
+        return read_json(res_path)
+    oracle = out / "oracle" / "checkpoints" / "final.safetensors"
+    res = calibrate_guidance(
+        source=(cfg.source.root, cfg.source.split),
+        target=(cfg.target.root, cfg.target.split),
+        ddpm=ddpm,
+        guide=g0,
+        judge=judge,
+        oracle=oracle if cfg.oracle is not None and oracle.is_file() else None,
+        guidance=cfg.ptl.guidance,
+        sampler=cfg.ptl.sampler,
+        n=calibration_depth(cfg),
+        respace_steps=cfg.ptl.reverse_steps if cfg.ptl.domains == "spread" else None,
+        spec=cfg.calibration,
+        out=dst,
+        seed=cfg.seed,
+        device=resolve_device(cfg.device),
+        progress=progress,
+    )
+    from diffdass.evaluation.report import calibration_plot
+    from diffdass.utils.io import atomic_write_bytes
+
+    atomic_write_bytes(dst / "curve.png", calibration_plot(res))
+    return res
+
+
+def resolved_ptl(cfg: PipelineConfig, out: Path):
+    """``cfg.ptl`` with ``guidance.scale: auto`` replaced by the calibrated strength (read from
+    ``out/calibration/calibration.json``); unchanged when the scale is a number."""
+    if not needs_calibration(cfg):
+        return cfg.ptl
+    res_path = out / "calibration" / "calibration.json"
+    if not res_path.is_file():
+        raise ConfigError(
+            f"guidance.scale is 'auto' but {res_path} does not exist: run the calibration "
+            "first (`diffdass run` or `diffdass calibrate-guidance` on this config and folder)"
+        )
+    chosen = float(read_json(res_path)["chosen_strength"])
+    guidance = dataclasses.replace(cfg.ptl.guidance, scale=chosen)
+    return dataclasses.replace(cfg.ptl, guidance=guidance)
+
+
+def _calibration_summary(res: dict) -> dict:
+    from diffdass.adaptation.calibration import won_back
+
+    return {
+        "chosen_strength": res["chosen_strength"],
+        "n": res["n"],
+        "won_back_judge": won_back(res, "judge"),
+        "won_back_oracle": won_back(res, "oracle"),
+        "points": res["points"],
+        "source_consistency": res["source_consistency"],
+    }
+
+
 def _stage_metrics(cfg: PipelineConfig, out: Path, g0: Path) -> dict:
     """DDPM samples and translations along the PTL depths, scored against target val
     (cached in ``out/stage_metrics``; recomputed when the DDPM or g_0 changed)."""
@@ -424,10 +555,12 @@ def _stage_metrics(cfg: PipelineConfig, out: Path, g0: Path) -> dict:
     dst = out / "stage_metrics"
     ddpm = Path(cfg.ptl.ddpm)
     res_path = dst / "stage_metrics.json"
-    newest = max(ddpm.stat().st_mtime, g0.stat().st_mtime)
+    calib = out / "calibration" / "calibration.json"
+    newest = max(p.stat().st_mtime for p in (ddpm, g0, calib) if p.is_file())
     if res_path.is_file() and res_path.stat().st_mtime >= newest:
         return read_json(res_path)
     oracle = out / "oracle" / "checkpoints" / "final.safetensors"
+    judge = out / "judge" / "checkpoints" / "final.safetensors"
     sm = cfg.stage_metrics
     return measure_stages(
         source=(cfg.source.root, cfg.source.split),
@@ -436,9 +569,10 @@ def _stage_metrics(cfg: PipelineConfig, out: Path, g0: Path) -> dict:
         ddpm=ddpm,
         g0=g0,
         oracle=oracle if cfg.oracle is not None and oracle.is_file() else None,
+        judge=judge if needs_calibration(cfg) and judge.is_file() else None,
         levels=sm.levels or _spread(cfg.ptl.levels(), 4),
         respace_steps=cfg.ptl.reverse_steps if cfg.ptl.domains == "spread" else None,
-        guidance=cfg.ptl.guidance,
+        guidance=resolved_ptl(cfg, out).guidance,
         sampler=cfg.ptl.sampler,
         out=dst,
         images=sm.images,

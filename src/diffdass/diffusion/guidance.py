@@ -11,34 +11,41 @@ the sample *away* from its label. Classifier guidance (Dhariwal & Nichol) adds
 implemented here (see ``PROTOCOL.md``; ``tests/test_diffusion.py`` proves a guided step lowers the
 cross-entropy).
 
-Reduction (it sets the effective scale). Write ``ce_p`` for the cross-entropy at pixel ``p``,
-``V_b`` for the labelled (non-ignored) pixels of image ``b`` and ``m_c`` for class region ``c``.
-The loss is ``sum_p w_p ce_p`` per image and the shift is ``-scale * Sigma * sum_p w_p grad ce_p``,
-so ``scale * Sigma * w_p`` is the **effective per-pixel step**:
+Strength unit (the default). ``reduction="sum"``: the loss of an image is the **sum** of its pixel
+cross-entropies, ``L = sum_p ce_p = -log p(y | x_t)`` for a label map whose pixels are
+independent given the image, so the shift is guided-diffusion's classifier guidance,
+``scale * Sigma * grad_{x_t} log p(y | x_t)``, and ``scale`` is its classifier scale. The pull on a
+pixel is ``scale * Sigma * sum_q d ce_q / d x_p``: it does not depend on the number of pixels (the
+same scene at 64x128 and at 256x512 gets the same per-pixel shift; ``tests/test_guidance_options.py``)
+nor on the batch (every image gets the gradient it would get alone), and it fades where the
+segmenter already agrees with the label (``d ce / d logits`` -> 0). One value of ``scale`` therefore
+means the same thing at any resolution and batch size; the value itself depends on the segmenter
+and the domain pair, and ``diffdass calibrate-guidance`` chooses it without target labels
+(``docs/translation.md``).
+
+The other reductions are kept as options. Write ``V_b`` for the labelled (non-ignored) pixels of
+image ``b`` and ``m_c`` for class region ``c``; the loss is ``sum_p w_p ce_p`` per image:
 
 ============== ====================== ====================== =================================
 reduction      GSG weight ``w_p``     LCG weight ``w_p``     note
 ============== ====================== ====================== =================================
-``image_mean`` ``1/|V_b|``            ``1/|V_b|``            default: LCG and GSG weigh a pixel
-                                                             alike; nothing depends on region
-                                                             size
+``sum``        ``1``                  ``1``                  default: classifier-guidance
+                                                             units, resolution-free
+``image_mean`` ``1/|V_b|``            ``1/|V_b|``            the pull falls as ``1/|V_b|`` (16x
+                                                             weaker at 256x512 than at 64x128)
 ``mean``       ``1/|V_b|``            ``1/|m_c|``            the paper's Eq. 6/10 read
                                                              literally (torch's mean CE per
-                                                             region): a 1-pixel region weighs
-                                                             ``|V_b|`` times a GSG pixel
-``sum``        ``1``                  ``1``                  ``log p(y|x)`` of a factorised
-                                                             label map; ~``|V_b|`` times larger
+                                                             region; lambda = 80): a 1-pixel
+                                                             region weighs ``|V_b|`` times a
+                                                             GSG pixel
 ============== ====================== ====================== =================================
 
 Bound. ``|d ce_p / d logits_p|_2 <= sqrt(2)`` (softmax minus one-hot), so with a segmenter whose
 input-to-logit Jacobian has operator norm ``J`` the shift of one image is bounded in L2 by
-``scale * Sigma * sqrt(2) * J * sum_p w_p``: ``scale * Sigma * sqrt(2) * J`` for ``image_mean``
-(and for GSG) whatever the image size or the region sizes, ``scale * Sigma * sqrt(2) * J * K`` for
-the literal ``mean`` of LCG with ``K`` regions (each region's weights sum to 1, so the bound
-grows with the number of regions and the shift concentrates on small regions: the measured rms
-of the literal LCG shift was 9x GSG's, its max 40x; ``docs/translation.md``), and
-``|V_b|`` times larger for ``sum``. Taken per image and summed over the batch, every image gets
-the gradient it would get alone (batch-invariant translation).
+``scale * Sigma * sqrt(2) * J * sum_p w_p``: ``scale * Sigma * sqrt(2) * J * |V_b|`` for ``sum``
+(a per-pixel rms bound ``scale * Sigma * sqrt(2) * J'`` with ``J'`` the per-pixel Jacobian norm),
+``scale * Sigma * sqrt(2) * J`` for ``image_mean`` and ``scale * Sigma * sqrt(2) * J * K`` for the
+literal ``mean`` of LCG with ``K`` regions (the shift concentrates on small regions).
 
 Gradients are taken w.r.t. the noisy input ``x_t`` only, through the segmenter only (never the
 UNet), with ``torch.autograd.grad`` on the input, so the segmenter's parameters never accumulate
@@ -64,6 +71,7 @@ from torch import Tensor, nn
 from diffdass.utils.modules import eval_mode, output_logits
 
 __all__ = [
+    "DEFAULT_SCALE",
     "GSG",
     "LCG",
     "SGG",
@@ -76,7 +84,10 @@ __all__ = [
 
 IGNORE_INDEX = 255
 Reduction = Literal["image_mean", "mean", "sum"]
-REDUCTIONS = ("image_mean", "mean", "sum")
+REDUCTIONS = ("sum", "image_mean", "mean")
+#: the classifier scale used when none is given (reduction ``sum``): the value
+#: ``diffdass calibrate-guidance`` chose on the built-in benchmark (docs/translation.md)
+DEFAULT_SCALE = 0.08
 
 
 class GuidanceFn(Protocol):
@@ -122,10 +133,10 @@ class _SegmenterGuidance(ABC):
         self,
         segmenter: nn.Module,
         labels: Tensor,
-        scale: float = 80.0,
+        scale: float = DEFAULT_SCALE,
         ignore_index: int = IGNORE_INDEX,
         amp_dtype: torch.dtype | None = None,
-        reduction: Reduction = "image_mean",
+        reduction: Reduction = "sum",
     ) -> None:
         if labels.ndim != 3:
             raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
@@ -221,12 +232,12 @@ class LCG(_SegmenterGuidance):
         self,
         segmenter: nn.Module,
         labels: Tensor,
-        scale: float = 80.0,
+        scale: float = DEFAULT_SCALE,
         chunk_size: int = 8,
         mode: LCGMode = "batched",
         ignore_index: int = IGNORE_INDEX,
         amp_dtype: torch.dtype | None = None,
-        reduction: Reduction = "image_mean",
+        reduction: Reduction = "sum",
     ) -> None:
         super().__init__(segmenter, labels, scale, ignore_index, amp_dtype, reduction)
         if mode not in ("batched", "loop", "single_pass"):
@@ -443,14 +454,14 @@ def build_guidance(
     kind: Literal["none", "gsg", "lcg", "sgg"],
     segmenter: nn.Module | None,
     labels: Tensor | None,
-    scale: float = 80.0,
+    scale: float = DEFAULT_SCALE,
     arrangement: Arrangement = "alternate",
     lcg_mode: LCGMode = "batched",
     chunk_size: int = 8,
     seed: int = 0,
     amp_dtype: torch.dtype | None = None,
     ignore_index: int = IGNORE_INDEX,
-    reduction: Reduction = "image_mean",
+    reduction: Reduction = "sum",
 ) -> GuidanceFn | None:
     """Guidance for one batch of labels: ``None`` (baseline), GSG-only, LCG-only or SGG."""
     if kind == "none":

@@ -73,7 +73,10 @@ def _miou_along_n(domains: list[dict], miou0: float | None, key: str) -> bytes |
 def sweep_plot(results: dict, key: str = "19") -> bytes | None:
     """The paper's Fig. 5 from ``diffdass ablate`` results: target mIoU (mean and min-max over
     seeds) against N (``sweep_n: N = v`` rows) and lambda (``sweep_lambda: lambda = v``)."""
-    panels = {"sweep_n": ("N (largest diffusion depth)", {}), "sweep_lambda": ("lambda", {})}
+    panels = {
+        "sweep_n": ("N (largest diffusion depth)", {}),
+        "sweep_lambda": ("guidance strength (guidance.scale)", {}),
+    }
     for res in results.values():
         for label, v in res.items():
             group, _, name = label.partition(": ")
@@ -94,6 +97,82 @@ def sweep_plot(results: dict, key: str = "19") -> bytes | None:
         ax.set_ylabel(f"target mIoU{key} (%)")
         ax.grid(alpha=0.3)
     return _fig_to_png(fig)
+
+
+def calibration_plot(res: dict) -> bytes:
+    """The guidance calibration: label consistency (judge, guide, oracle if any) and the
+    distance to the target against the strength, the chosen strength marked."""
+    pts = res["points"]
+    xs = [p["strength"] for p in pts]
+    # strength 0 sits at the left edge of a symlog axis
+    fig = _figure(figsize=(9, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    for key, label, style in (
+        ("judge_consistency", "judge (independent, chooses)", "o-"),
+        ("guide_consistency", "guide g_0 (its own view)", "s--"),
+        ("oracle_consistency", "oracle (evidence only)", "^:"),
+    ):
+        if all(p.get(key) is not None for p in pts):
+            ax1.plot(xs, [p[key] for p in pts], style, label=label)
+    ax2.plot(xs, [p["distance"] for p in pts], "o-", color="C3")
+    chosen = res["chosen_strength"]
+    for ax in (ax1, ax2):
+        ax.set_xscale("symlog", linthresh=min([x for x in xs if x > 0] or [1.0]))
+        ax.axvline(chosen, color="k", alpha=0.4, ls="--")
+        ax.set_xlabel(f"guidance strength (reduction {res.get('reduction', '')})")
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("label consistency (mIoU %, vs source labels)")
+    ax1.legend(fontsize=7)
+    ax2.set_ylabel("patch SWD to target (lower = closer)")
+    ax1.set_title(f"chosen: {chosen:g} (n = {res['n']})", fontsize=9)
+    return _fig_to_png(fig)
+
+
+def _calibration_section(res: dict, picture: Path) -> list[str]:
+    rows = [
+        [
+            p["strength"],
+            p.get("judge_consistency"),
+            p.get("guide_consistency"),
+            p.get("oracle_consistency"),
+            p["distance"],
+            p.get("rms_change_vs_unguided"),
+        ]
+        for p in res["points"]
+    ]
+    src = res.get("source_consistency", {})
+    rows.append(
+        [
+            "source, untranslated",
+            src.get("judge_consistency"),
+            src.get("guide_consistency"),
+            src.get("oracle_consistency"),
+            res.get("source_distance"),
+            None,
+        ]
+    )
+    parts = [
+        "<h2>Guidance strength (calibration)</h2>",
+        f"<p>{res['images']} source images translated at n = {res['n']}, guided by g_0 at each "
+        f"strength; chosen: <b>{res['chosen_strength']:g}</b> ({html.escape(res['rule'])}). "
+        "Label consistency is judged by an independent source-only model (another seed); the "
+        "oracle column reads target labels and is shown as evidence only, never used to "
+        "choose.</p>",
+        _table(
+            [
+                "strength",
+                "judge consistency",
+                "guide consistency",
+                "oracle consistency",
+                "SWD to target",
+                "rms change vs unguided",
+            ],
+            rows,
+        ),
+    ]
+    if picture.is_file():
+        parts.append(_img_tag(picture.read_bytes(), "guidance calibration"))
+    return parts
 
 
 def _strips(ptl_dir: Path, max_cols: int = 8) -> np.ndarray | None:
@@ -144,13 +223,14 @@ def _fmt(v) -> str:
 def _stage_section(sm: dict, picture: Path) -> list[str]:
     """Every stage measured: distance to target val (and label consistency) along n."""
     rows = [
-        ["target train (floor)", _fmt(sm["floor_target_train"]), ""],
+        ["target train (floor)", _fmt(sm["floor_target_train"]), "", ""],
         [
             "source, untranslated (ceiling)",
             _fmt(sm["ceiling_source"]),
             _fmt(sm.get("source_consistency")),
+            _fmt(sm.get("source_judge_consistency")),
         ],
-        ["DDPM unconditional samples", _fmt(sm["ddpm_samples"]), ""],
+        ["DDPM unconditional samples", _fmt(sm["ddpm_samples"]), "", ""],
     ]
     for r in sm["along_n"]:
         rows.append(
@@ -158,6 +238,7 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
                 f"phi^{r['n']} unguided",
                 _fmt(r["baseline_distance"]),
                 _fmt(r.get("baseline_consistency")),
+                _fmt(r.get("baseline_judge_consistency")),
             ]
         )
         if "target_roundtrip_distance" in r:
@@ -165,6 +246,7 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
                 [
                     f"target train, diffused to t={r['n']} and denoised (DDPM check)",
                     _fmt(r["target_roundtrip_distance"]),
+                    "",
                     "",
                 ]
             )
@@ -174,14 +256,24 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
                     f"phi^{r['n']} guided by g_0",
                     _fmt(r["guided_distance"]),
                     _fmt(r.get("guided_consistency")),
+                    _fmt(r.get("guided_judge_consistency")),
                 ]
             )
     parts = [
         "<h2>Each stage against the target</h2>",
         f"<p>Distance: {html.escape(sm['distance'])}, over {sm['images']} images; lower is closer "
         "to the target. Label consistency: the target oracle's mIoU on the images against the "
-        "source labels (higher = the label's semantics were kept).</p>",
-        _table(["images", "distance to target val", "label consistency (%)"], rows),
+        "source labels (higher = the label's semantics were kept); the judge's: the same by an "
+        "independent source-only model (when the run calibrated the guidance).</p>",
+        _table(
+            [
+                "images",
+                "distance to target val",
+                "label consistency, oracle (%)",
+                "label consistency, judge (%)",
+            ],
+            rows,
+        ),
     ]
     if picture.is_file():
         parts += [
@@ -256,6 +348,9 @@ def write_report(out: str | Path) -> Path:
         _img_tag(png, "per-class IoU"),
         _table(["class", *series], prow),
     ]
+    calib = _read(out / "calibration" / "calibration.json")
+    if calib:
+        parts += _calibration_section(calib, out / "calibration" / "curve.png")
     sm = _read(out / "stage_metrics" / "stage_metrics.json")
     if sm:
         parts += _stage_section(sm, out / "stage_metrics" / "translations.png")
