@@ -75,3 +75,43 @@ def test_prediction_panel_layout_and_label_colours(tmp_path):
     assert (arr[:32, 96:] == [255, 0, 0]).all()  # the model's column
     with pytest.raises(SystemExit, match="predictions"):
         pp.build_panel(tmp_path / "d", "val", [("x", tmp_path / "missing")], 1, 1)
+
+
+def test_strength_study_tables(tmp_path):
+    """The strength-study tables read an ablate folder: the calibration's won-back share, the
+    sweep (strength 0 = row (b), the chosen strength = the full row) and paired differences."""
+    import json
+
+    st = _script("strength_study")
+    cal = {
+        "chosen_strength": 0.08,
+        "source_consistency": {"judge_consistency": 30.0, "oracle_consistency": 20.0},
+        "points": [
+            {"strength": 0.0, "distance": 400.0, "judge_consistency": 10.0,
+             "oracle_consistency": 12.0, "rms_change_vs_unguided": None},
+            {"strength": 0.08, "distance": 440.0, "judge_consistency": 20.0,
+             "oracle_consistency": 16.0, "rms_change_vs_unguided": 0.07},
+        ],
+    }  # fmt: skip
+    res = {
+        "0": {st.FULL: 21.0, st.ROW_A: 20.0, st.ROW_B: 19.5, st.ADABN: 20.5},
+        "1": {st.FULL: 22.0, st.ROW_A: 20.0, st.ROW_B: 21.0, st.ADABN: 21.5},
+    }
+    (tmp_path / "ablation.json").write_text(json.dumps(res))
+    for seed in ("0", "1"):
+        d = tmp_path / f"seed{seed}" / "base" / "calibration"
+        d.mkdir(parents=True)
+        (d / "calibration.json").write_text(json.dumps(cal))
+    results, cals = st.load(tmp_path)
+    t = st.calibration_table(cals)
+    assert (
+        "| 0 | 0.08 | 30.0 / 10.0 / 20.0 | 50% | 20.0 / 12.0 / 16.0 | 50% | 400 -> 440 (+10%)" in t
+    )
+    sweep = st.sweep_table(results, cals)
+    assert "| 0 | 20.2 +- 1.1 (19.5, 21.0) |" in sweep  # row (b)
+    assert "| 0.08 | 21.5 +- 0.7 (21.0, 22.0) |" in sweep  # the full method
+    rows = st.rows_table(results)
+    assert (
+        "| table2: (a) baseline phi^N, then training | 20.0 +- 0.0 | 20.0, 20.0 | 1.5 +- 0.7"
+        in rows
+    )

@@ -553,3 +553,28 @@ def test_models_command_lists_unet_small() -> None:
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if "unet_small" in ln)
     assert "random init" in line
+
+
+def test_unet_family_by_name(tmp_path):
+    """unet_w<W>_d<D>[_nearest]: the named hyper-parameters, full-resolution logits, and a
+    checkpoint that rebuilds from its metadata alone."""
+    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.utils.checkpoint import save_checkpoint
+
+    small = build_segmenter("unet_small", 5)
+    same = build_segmenter("unet_w16_d3", 5)
+    n = sum(p.numel() for p in small.parameters())
+    assert sum(p.numel() for p in same.parameters()) == n
+    wide = build_segmenter("unet_w32_d2_nearest", 5).eval()
+    assert wide.backbone.widths == [32, 64, 128] and wide.depth == 2
+    assert isinstance(wide.head.ups[0][0], torch.nn.Upsample)
+    x = torch.rand(2, 3, 20, 30) * 2 - 1
+    assert wide(x).shape == (2, 5, 20, 30)
+    ckpt = tmp_path / "w.safetensors"
+    save_checkpoint(ckpt, {"model": wide}, None, {"arch": wide.arch, "num_classes": 5})
+    back, _ = load_segmenter(ckpt)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), wide(x))
+    for bad in ("unet_w0_d2", "unet_wx_d2", "unet_w16_d3_bilinear"):
+        with pytest.raises(ValueError):
+            build_segmenter(bad, 5)

@@ -441,6 +441,29 @@ def test_run_summary_lines_numbers():
     assert "(40% of" in text and "not accurate at the depths translation uses" in text
 
 
+def test_run_summary_warns_of_a_weak_oracle():
+    """An oracle that cannot learn the target (objects at 0 IoU, or barely above source-only)
+    gets one warning line with its per-class IoU; a healthy one gets none."""
+    from diffdass.cli.main import summary_lines, weak_oracle_line
+
+    per = {"background": 94.7, "circle": 13.8, "square": 0.0, "star": 0.0, "ring": None}
+    summary = {
+        "class_set": "all",
+        "miou": {"source_only": 12.0, "adabn": 11.8, "ptl": 12.5, "oracle": 27.1},
+        "oracle_per_class_iou": per,
+    }
+    line = weak_oracle_line(summary)
+    assert line.startswith("warning: the target oracle is too weak")
+    assert "2 of 4 classes under 1 IoU" in line and "square 0" in line and "ring" not in line
+    assert line in summary_lines(summary)
+    summary["oracle_per_class_iou"] = {k: 60.0 for k in per}
+    assert weak_oracle_line(summary) is None
+    summary["miou"]["oracle"] = 13.0  # 1 point above source-only
+    assert "only +1.0 above source-only" in weak_oracle_line(summary)
+    del summary["oracle_per_class_iou"]  # an older run: nothing to judge by
+    assert weak_oracle_line(summary) is None
+
+
 def test_ablation_row_selection():
     from diffdass.cli.ablate import ROWS, select_rows
 
@@ -495,13 +518,14 @@ def test_auto_strength_is_calibrated_without_target_labels(tmp_path):
     import yaml
 
     from diffdass.adaptation.calibration import won_back
-    from diffdass.cli.main import calibration_lines
+    from diffdass.cli.main import calibration_lines, summary_lines
 
     over = {
         "ptl.guidance.scale": "auto",
         "calibration.strengths": [1.0, 4.0],
         "calibration.images": 4,
         "calibration.target_images": 4,
+        "evaluation.adabn_on_top": True,
     }
     out = tmp_path / "run"
     summary = run_pipeline(tiny_config(out, **over), progress=False, echo=lambda *_: None)
@@ -523,6 +547,23 @@ def test_auto_strength_is_calibrated_without_target_labels(tmp_path):
     assert "Guidance strength (calibration)" in (out / "report.html").read_text()
     lines = calibration_lines(res, won_back)
     assert sum("<- chosen" in line for line in lines) == 1
+    # AdaBN on top of g_N, beside the AdaBN baseline, in the summary and the ablation rows
+    assert 0 <= summary["miou"]["ptl_adabn"] <= 100
+    assert any("g_N + BN - AdaBN" in line for line in summary_lines(summary))
+    from diffdass.cli.ablate import FULL, ON_TOP, run_ablation
+
+    md = run_ablation(
+        tiny_config(out, **over),
+        tmp_path / "abl",
+        ["table2"],
+        [0],
+        progress=False,
+        echo=lambda *_: None,
+        reuse_run=out,
+        only=["table2: (b)"],
+    )
+    table = md.read_text()
+    assert f"| {FULL + ON_TOP} |" in table and f"| table2: (b) w/o SGG{ON_TOP} |" in table
     # calibrate-guidance on a new folder: the same stages, nothing after the calibration
     out2 = tmp_path / "calib_only"
     res2 = run_pipeline(

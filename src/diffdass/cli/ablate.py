@@ -35,6 +35,7 @@ from diffdass.adaptation.seg_training import train_segmenter
 from diffdass.cli.pipeline import (
     PipelineConfig,
     _fill,
+    adabn_baseline,
     evaluate_checkpoint,
     resolved_ptl,
     run_pipeline,
@@ -127,6 +128,8 @@ ROWS: dict[str, list[Row]] = {
     ],
 }
 ADABN = "AdaBN (g_0 with target BN statistics)"
+#: suffix of a row scored with target BatchNorm statistics (evaluation.adabn_on_top)
+ON_TOP = " + AdaBN on top"
 DACS = "DACS baseline (g_0 + ClassMix self-training)"
 
 
@@ -274,6 +277,17 @@ def run_row(base: PipelineConfig, row: Row, seed_dir: Path, progress: bool) -> f
     return float(res["miou"][key])
 
 
+def adabn_on_top(base: PipelineConfig, row: Row, seed_dir: Path) -> float | None:
+    """A finished PTL row's g_N with target BatchNorm statistics (``evaluation.adabn_on_top``);
+    None for a CICLD row or a segmenter without BatchNorm."""
+    if row.method != "ptl":
+        return None
+    out = seed_dir / _slug(row)
+    gN = out / "ptl" / "checkpoints" / "final.safetensors"
+    res = adabn_baseline(base, gN, out / "adabn_on_top", echo=lambda *_: None)
+    return None if res is None else float(res["miou"][base.evaluation.class_sets[0]])
+
+
 def select_rows(
     groups: list[str],
     sweep_n: list[float] | None = None,
@@ -353,6 +367,8 @@ def run_ablation(
         for method, label in FULL_OF.items():
             if method in summary["miou"]:
                 res[label] = summary["miou"][method]
+        if "ptl_adabn" in summary["miou"]:
+            res[FULL + ON_TOP] = summary["miou"]["ptl_adabn"]
         # rows whose training is identical (the full method appears in Tables 2, 3, 5 and
         # appendix C, the full CICLD in both of its tables) are computed once; each full
         # method is the shared run's own stage (ptl, cicld)
@@ -373,6 +389,10 @@ def run_ablation(
             else:
                 echo(f"[ablate] seed {seed}: {label}")
                 res[label] = done[sig] = run_row(base, row, seed_dir, progress)
+            if base.evaluation.adabn_on_top and label + ON_TOP not in res:
+                bn = adabn_on_top(base, row, seed_dir)
+                if bn is not None:
+                    res[label + ON_TOP] = bn
             results = _merge_results(results_path, results)
             res = results[str(seed)]
         results = _merge_results(results_path, results)
@@ -465,7 +485,7 @@ def format_table(results: dict, rows: list[Row], key: str) -> str:
         mean = statistics.fmean(vals)
         std = f"{statistics.stdev(vals):.1f}" if len(vals) > 1 else "-"
         per = ", ".join(f"{v:.1f}" for v in vals)
-        full = fulls.get(lab, FULL)
+        full = FULL + ON_TOP if lab.endswith(ON_TOP) else fulls.get(lab, FULL)
         diffs = [
             results[s][lab] - results[s][full] for s in seeds if {lab, full} <= results[s].keys()
         ]

@@ -52,6 +52,9 @@ class EvalSpec:
     class_sets: list[str] = field(default_factory=lambda: ["19"])
     input_size: list[int] | None = None  # feed [H, W]; logits upsampled to the label size
     save_predictions: int = 8
+    # beyond the paper: also score g_N with BatchNorm statistics re-estimated on the unlabeled
+    # target images (AdaBN on top), the like-for-like comparison with the AdaBN baseline
+    adabn_on_top: bool = False
 
 
 @dataclass
@@ -282,9 +285,10 @@ def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, de
 
 
 def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict | None:
-    """AdaBN (no training): g_0 with BatchNorm statistics re-estimated on the unlabeled target
-    train images, scored like every other row. Cached: reruns only when g_0 changed. None for a
-    segmenter without BatchNorm (nothing to re-estimate)."""
+    """AdaBN (no training): g_0 (or any segmenter checkpoint, e.g. g_N for AdaBN on top) with
+    BatchNorm statistics re-estimated on the unlabeled target train images, scored like every
+    other row. Cached: reruns only when the checkpoint changed. None for a segmenter without
+    BatchNorm (nothing to re-estimate)."""
     import torch
 
     from diffdass.adaptation.adabn import adabn, batchnorm_layers
@@ -407,7 +411,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
             "eval_oracle",
             lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev),
         )
-    res_ptl = calib = None
+    res_ptl = res_ptl_bn = calib = None
     if cfg.ptl is not None:
         stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
         if needs_calibration(cfg):
@@ -416,6 +420,14 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
         ptl_cfg = resolved_ptl(cfg, out)
         stage("ptl", lambda: run_ptl(ptl_cfg, out / "ptl", progress))
         res_ptl = stage("eval_ptl", lambda: _evaluate_stage(cfg, out, "ptl"))
+        if cfg.evaluation.adabn_on_top:
+            gN = out / "ptl" / "checkpoints" / "final.safetensors"
+            res_ptl_bn = stage(
+                "ptl_adabn",
+                lambda: adabn_baseline(
+                    cfg, gN, out / "ptl_adabn", echo=lambda m: run.logger.info(m)
+                ),
+            )
     res_cicld = None
     if cfg.cicld is not None:
         stage("cicld", lambda: train_cicld(cfg.cicld, out / "cicld", progress))
@@ -431,6 +443,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
         "source_only": res0,
         "adabn": res_adabn,
         "ptl": res_ptl,
+        "ptl_adabn": res_ptl_bn,
         "cicld": res_cicld,
         "dacs": res_dacs,
         "oracle": oracle_res,
@@ -446,6 +459,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
         "table4": _table4(times, rows),
         **({"stage_metrics": stage_res} if stage_res else {}),
         **({"calibration": _calibration_summary(calib)} if calib else {}),
+        **({"oracle_per_class_iou": oracle_res["per_class_iou"]} if oracle_res else {}),
     }
     write_json(summary_path, summary)
     stage("report", lambda: _report(out, summary))

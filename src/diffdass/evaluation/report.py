@@ -289,6 +289,7 @@ MODEL_ROWS = (
     ("source_only", "source-only g_0"),
     ("adabn", "AdaBN: g_0 with target BatchNorm statistics (no training)"),
     ("ptl", "PTL g_N"),
+    ("ptl_adabn", "PTL g_N + target BatchNorm statistics (AdaBN on top)"),
     ("cicld", "CICLD (EMA student)"),
     ("dacs", "DACS baseline: g_0 + ClassMix self-training (EMA teacher)"),
     ("oracle", "target oracle (uses target labels)"),

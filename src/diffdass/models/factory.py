@@ -9,6 +9,8 @@ Architectures (Peng et al., ICCV 2023, Table 1: "Res", "Vgg", "Seg"; ``*_tiny`` 
     segformer_b5    SegFormer MiT-B5 encoder + DAFormer fusion head; output stride 4
     segformer_tiny  MiT-B0 encoder + DAFormer head of width 64; output stride 4
     unet_small      small U-Net (0.48M parameters) for CPU scale from random init; stride 1
+    unet_w<W>_d<D>[_nearest]  the U-Net family: width W at full resolution, D down-samplings,
+                    transposed-conv (default) or nearest up-sampling; stride 1
 
 ``pretrained``:
 
@@ -85,10 +87,27 @@ _SPECS: dict[str, _ArchSpec] = {
     ),
 }
 
-#: Names accepted by :func:`build_segmenter`.
+#: the U-Net family (``unet_w32_d2_nearest``, ...), built by ``unet_seg.unet_family``
+UNET_FAMILY_SPEC = _ArchSpec(
+    "U-Net family: width W at full resolution, D down-samplings, [nearest] up-sampling; "
+    "stride 1, for CPU scale from random init",
+    "unet_seg:unet_family",
+    no_imagenet="it is designed to be trained from random initialisation",
+)
+#: Names accepted by :func:`build_segmenter` (and ``unet_w<W>_d<D>[_nearest]``).
 ARCHS: tuple[str, ...] = tuple(_SPECS)
 #: One-line description of each architecture.
-ARCH_DESCRIPTIONS: dict[str, str] = {name: spec.description for name, spec in _SPECS.items()}
+ARCH_DESCRIPTIONS: dict[str, str] = {name: spec.description for name, spec in _SPECS.items()} | {
+    "unet_w<W>_d<D>[_nearest]": UNET_FAMILY_SPEC.description
+}
+
+
+def _spec(arch: str) -> _ArchSpec | None:
+    from .unet_seg import UNET_FAMILY
+
+    if arch in _SPECS:
+        return _SPECS[arch]
+    return UNET_FAMILY_SPEC if UNET_FAMILY.fullmatch(arch) else None
 
 
 def _builder(spec: _ArchSpec) -> Callable[[int], Segmenter]:
@@ -114,10 +133,10 @@ def build_segmenter(
         RuntimeError: ImageNet weights requested but not obtainable (no internet, ...).
         FileNotFoundError: ``pretrained`` names a file that does not exist.
     """
-    if arch not in _SPECS:
+    spec = _spec(arch)
+    if spec is None:
         valid = "\n".join(f"  {n:15s} {d}" for n, d in ARCH_DESCRIPTIONS.items())
         raise ValueError(f"unknown segmenter arch {arch!r}; valid ones are:\n{valid}")
-    spec = _SPECS[arch]
     state: Mapping[str, torch.Tensor] | None = None
     source = ""
     # fetch the weights first: a failed download costs no model construction
@@ -129,7 +148,11 @@ def build_segmenter(
     elif pretrained is not False and pretrained is not None:
         raise TypeError(f"pretrained must be a bool or a file path, got {type(pretrained)}")
 
-    model = _builder(spec)(num_classes)
+    model = (
+        _builder(spec)(arch, num_classes)
+        if spec is UNET_FAMILY_SPEC
+        else _builder(spec)(num_classes)
+    )
     if state is not None:
         report = model.load_pretrained_state_dict(state, source=source)
         model.pretrained_report = report

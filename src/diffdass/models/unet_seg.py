@@ -13,9 +13,14 @@ Architecture (``base_width`` ``c``, ``depth`` ``d`` down-sampling levels; defaul
 * ``backbone`` (encoder): a stem block ``3 -> c`` at full resolution, then ``d`` levels of
   2x2 max-pool + block doubling the width (``c, 2c, ..., 2^d c``). A *block* is two
   ``3x3 conv (no bias) -> BatchNorm -> ReLU`` layers. It returns the feature of every level.
-* ``head`` (decoder): per level, from the deepest up, a 2x2 stride-2 ``ConvTranspose2d``
-  halving the width, concatenation with the encoder feature of that resolution (skip
-  connection), and a block; finally a 1x1 convolution to ``num_classes`` logits.
+* ``head`` (decoder): per level, from the deepest up, an up-sampling that halves the width
+  (``upsample="transposed"``: a 2x2 stride-2 ``ConvTranspose2d``; ``"nearest"``: nearest
+  2x up-sampling then a 1x1 convolution), concatenation with the encoder feature of that
+  resolution (skip connection), and a block; finally a 1x1 convolution to ``num_classes``
+  logits.
+
+The family is named ``unet_w<c>_d<d>[_nearest]`` in :func:`diffdass.models.build_segmenter`
+(e.g. ``unet_w32_d2_nearest``); ``unet_small`` is ``unet_w16_d3``.
 
 Defaults: 16 / 3 levels, 0.48M parameters. **Output stride 1**: the logits have exactly the
 input size. Inputs of any size are accepted: they are padded (replicate, bottom/right) to a
@@ -29,6 +34,8 @@ dict with ``backbone.``-less keys) loads like for every other architecture.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -69,16 +76,29 @@ class UNetEncoder(nn.Module):
         return feats
 
 
-class UNetDecoder(nn.Module):
-    """Transposed-conv up-sampling + skip concatenation + block per level, then 1x1 logits."""
+#: the decoder's up-sampling choices
+UPSAMPLING = ("transposed", "nearest")
 
-    def __init__(self, widths: list[int], num_classes: int) -> None:
+
+class UNetDecoder(nn.Module):
+    """Up-sampling + skip concatenation + block per level, then 1x1 logits."""
+
+    def __init__(self, widths: list[int], num_classes: int, upsample: str = "transposed") -> None:
         super().__init__()
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
         deep_to_shallow = list(reversed(widths))
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
         for w_in, w_out in zip(deep_to_shallow[:-1], deep_to_shallow[1:], strict=True):
-            self.ups.append(nn.ConvTranspose2d(w_in, w_out, 2, stride=2))
+            if upsample == "transposed":
+                self.ups.append(nn.ConvTranspose2d(w_in, w_out, 2, stride=2))
+            else:
+                self.ups.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w_in, w_out, 1)
+                    )
+                )
             self.blocks.append(ConvBlock(2 * w_out, w_out))
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
 
@@ -93,14 +113,19 @@ class UNetSeg(Segmenter):
     """U-Net segmenter: full-resolution logits (output stride 1) for inputs of any size."""
 
     def __init__(
-        self, num_classes: int, base_width: int = 16, depth: int = 3, arch: str = "unet_small"
+        self,
+        num_classes: int,
+        base_width: int = 16,
+        depth: int = 3,
+        arch: str = "unet_small",
+        upsample: str = "transposed",
     ) -> None:
         super().__init__(num_classes, arch=arch, output_stride=1)
         if base_width < 1 or depth < 1:
             raise ValueError(f"base_width and depth must be >= 1, got {base_width}, {depth}")
         self.depth = int(depth)
         self.backbone = UNetEncoder(base_width, depth)
-        self.head = UNetDecoder(self.backbone.widths, num_classes)
+        self.head = UNetDecoder(self.backbone.widths, num_classes, upsample)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -128,3 +153,16 @@ class UNetSeg(Segmenter):
 def unet_small(num_classes: int, base_width: int = 16, depth: int = 3) -> UNetSeg:
     """The CPU-scale U-Net: widths 16/32/64/128, 3 down-sampling levels, 0.48M parameters."""
     return UNetSeg(num_classes, base_width=base_width, depth=depth, arch="unet_small")
+
+
+#: ``unet_w<width>_d<depth>[_nearest]``: the U-Net family by its hyper-parameters
+UNET_FAMILY = re.compile(r"unet_w(\d+)_d(\d+)(_nearest)?")
+
+
+def unet_family(arch: str, num_classes: int) -> UNetSeg:
+    """The U-Net named ``unet_w<width>_d<depth>[_nearest]`` (e.g. ``unet_w32_d2_nearest``)."""
+    m = UNET_FAMILY.fullmatch(arch)
+    if m is None:
+        raise ValueError(f"{arch!r} is not of the form unet_w<width>_d<depth>[_nearest]")
+    up = "nearest" if m.group(3) else "transposed"
+    return UNetSeg(num_classes, int(m.group(1)), int(m.group(2)), arch=arch, upsample=up)

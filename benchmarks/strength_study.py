@@ -1,0 +1,151 @@
+"""Tables of the guidance-strength study from a `diffdass ablate` folder (docs/results.md).
+
+    diffdass ablate --rows table2,sweep_lambda --only "table2: (a),table2: (b),sweep" \\
+        --sweep-lambda 0.02,0.32 --seeds 0,1,2 -o runs/abl_default
+    python benchmarks/strength_study.py runs/abl_default
+
+Per seed, the shared run of `diffdass ablate` (``seed<s>/base``) holds the calibration of the
+guidance strength (``calibration/calibration.json``: label consistency under the judge, the
+guide and the oracle, and the patch SWD to the target, at every strength tried) and the full
+method at the chosen strength; the ablation rows hold g_N at the other strengths. Prints:
+
+1. the calibration per seed (chosen strength, share of the consistency unguided translation
+   loses that guidance wins back, under the judge and the oracle, and the SWD change);
+2. the strength sweep: g_N mIoU, consistency (judge, oracle) and SWD per strength, mean over
+   seeds (strength 0 is row (b): PTL on unguided translations);
+3. the rows full, (a), (b), AdaBN, source-only and oracle with paired differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+FULL = "table2: (f) full"
+ROW_A = "table2: (a) baseline phi^N, then training"
+ROW_B = "table2: (b) w/o SGG"
+ADABN = "AdaBN (g_0 with target BN statistics)"
+
+
+def _ms(vals: list[float]) -> str:
+    if not vals:
+        return ""
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.fmean(vals):.1f} +- {statistics.stdev(vals):.1f}"
+
+
+def _won_back(cal: dict, strength: float, key: str) -> float | None:
+    pts = {p["strength"]: p for p in cal["points"]}
+    src = cal["source_consistency"].get(key)
+    base = pts[0.0].get(key)
+    at = pts.get(strength, {}).get(key)
+    if None in (src, base, at) or src <= base:
+        return None
+    return 100 * (at - base) / (src - base)
+
+
+def load(root: Path) -> tuple[dict, dict]:
+    results = json.loads((root / "ablation.json").read_text())
+    cals = {}
+    for seed in sorted(results, key=int):
+        f = root / f"seed{seed}" / "base" / "calibration" / "calibration.json"
+        if f.is_file():
+            cals[seed] = json.loads(f.read_text())
+    return results, cals
+
+
+def calibration_table(cals: dict) -> str:
+    lines = [
+        "| seed | chosen strength | judge consistency: source / unguided / chosen | won back "
+        "(judge) | oracle consistency: source / unguided / chosen | won back (oracle) | SWD "
+        "unguided -> chosen | rms change vs unguided |",
+        "|---|---:|---|---:|---|---:|---|---:|",
+    ]
+    for seed, cal in cals.items():
+        s = cal["chosen_strength"]
+        pts = {p["strength"]: p for p in cal["points"]}
+        src = cal["source_consistency"]
+
+        def trio(key, src=src, pts=pts, s=s):
+            vals = (src.get(key), pts[0.0].get(key), pts[s].get(key))
+            return " / ".join("-" if v is None else f"{v:.1f}" for v in vals)
+
+        wj, wo = _won_back(cal, s, "judge_consistency"), _won_back(cal, s, "oracle_consistency")
+        rms = pts[s].get("rms_change_vs_unguided")
+        lines.append(
+            f"| {seed} | {s:g} | {trio('judge_consistency')} | "
+            f"{'-' if wj is None else f'{wj:.0f}%'} | {trio('oracle_consistency')} | "
+            f"{'-' if wo is None else f'{wo:.0f}%'} | {pts[0.0]['distance']:.0f} -> "
+            f"{pts[s]['distance']:.0f} ({100 * (pts[s]['distance'] / pts[0.0]['distance'] - 1):+.0f}%)"
+            f" | {'-' if rms is None else f'{rms:.3f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(results: dict, cals: dict) -> str:
+    """Rows per strength: the calibration's points (all seeds) with g_N where trained."""
+    strengths = sorted({p["strength"] for c in cals.values() for p in c["points"]})
+    lines = [
+        "| strength | g_N mIoU (seeds) | judge consistency | oracle consistency | SWD to target |",
+        "|---:|---|---|---|---|",
+    ]
+    for s in strengths:
+        miou = []
+        for seed, res in results.items():
+            cal = cals.get(seed)
+            if s == 0.0 and ROW_B in res:
+                miou.append(res[ROW_B])
+            elif cal and s == cal["chosen_strength"] and FULL in res:
+                miou.append(res[FULL])
+            elif f"sweep_lambda: lambda = {s:g}" in res:
+                miou.append(res[f"sweep_lambda: lambda = {s:g}"])
+        pts = [p for c in cals.values() for p in c["points"] if p["strength"] == s]
+        col = {k: [p[k] for p in pts if p.get(k) is not None] for k in pts[0]} if pts else {}
+        per = ", ".join(f"{v:.1f}" for v in miou)
+        lines.append(
+            f"| {s:g} | {_ms(miou)}{f' ({per})' if len(miou) > 1 else ''} | "
+            f"{_ms(col.get('judge_consistency', []))} | {_ms(col.get('oracle_consistency', []))} | "
+            f"{_ms(col.get('distance', []))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rows_table(results: dict) -> str:
+    seeds = sorted(results, key=int)
+    labels = ["source-only g_0", ADABN, ROW_A, ROW_B, FULL, "target oracle"]
+    lines = [
+        "| row | mean +- std | per seed | full minus row (paired) |",
+        "|---|---|---|---|",
+    ]
+    for lab in labels:
+        vals = [results[s][lab] for s in seeds if lab in results[s]]
+        diffs = [
+            results[s][FULL] - results[s][lab] for s in seeds if {lab, FULL} <= results[s].keys()
+        ]
+        d = (
+            ""
+            if lab == FULL or not diffs
+            else f"{_ms(diffs)} ({', '.join(f'{x:+.1f}' for x in diffs)})"
+        )
+        lines.append(f"| {lab} | {_ms(vals)} | {', '.join(f'{v:.1f}' for v in vals)} | {d} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("ablation", type=Path, help="a `diffdass ablate` output folder")
+    args = ap.parse_args()
+    results, cals = load(args.ablation)
+    print("Calibration per seed\n")
+    print(calibration_table(cals))
+    print("Strength sweep (mean +- std over seeds)\n")
+    print(sweep_table(results, cals))
+    print("Rows (target mIoU)\n")
+    print(rows_table(results))
+
+
+if __name__ == "__main__":
+    main()
