@@ -544,6 +544,7 @@ def test_auto_strength_is_calibrated_without_target_labels(tmp_path):
     assert summary["calibration"]["chosen_strength"] == res["chosen_strength"]
     assert "guided_judge_consistency" in summary["stage_metrics"]["along_n"][-1]
     assert (out / "calibration" / "curve.png").is_file()
+    assert (out / "calibration" / "translations.png").is_file()
     assert "Guidance strength (calibration)" in (out / "report.html").read_text()
     lines = calibration_lines(res, won_back)
     assert sum("<- chosen" in line for line in lines) == 1

@@ -39,7 +39,7 @@ import torch
 
 from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig
 from diffdass.utils.config import ConfigError
-from diffdass.utils.io import write_json
+from diffdass.utils.io import save_image, write_json
 
 __all__ = ["CalibrationSpec", "calibrate_guidance", "knee"]
 
@@ -163,6 +163,7 @@ def calibrate_guidance(
 
     sweep = spec.sweep()
     points: list[dict] = []
+    pictures = [xs[:4]]  # the sheet: source, then every strength, for 4 images
     outside = 0
     bar = Progress(len(sweep), 0, "calibrate guidance", enabled=progress, unit="strength")
     for s in sweep:
@@ -173,6 +174,7 @@ def calibrate_guidance(
             xs, ys, n, unet, schedule, g0, g, sampler, moments, respace_steps, seed, device
         )
         points.append({"strength": s, **scores(x), "rms_change_vs_unguided": None})
+        pictures.append(x[:4])
         if s == 0:
             x_ref = x
         else:
@@ -208,7 +210,24 @@ def calibrate_guidance(
         "note": "no target label was read to choose; the oracle column is evidence only",
     }
     write_json(Path(out) / "calibration.json", result)
+    save_image(Path(out) / "translations.png", _sheet(pictures))
     return result
+
+
+def _sheet(columns: list[torch.Tensor]):
+    """Rows = images, columns = the source then the translation at every strength tried."""
+    import numpy as np
+
+    from diffdass.data.folder import tensor_to_image
+
+    cols = [[tensor_to_image(x) for x in col] for col in columns]
+    h, w = cols[0][0].shape[:2]
+    rows = len(cols[0])
+    sheet = np.full((rows * (h + 2), len(cols) * (w + 2), 3), 255, np.uint8)
+    for c, col in enumerate(cols):
+        for r, im in enumerate(col):
+            sheet[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
+    return sheet
 
 
 def won_back(result: dict, judge: str = "judge") -> float | None:

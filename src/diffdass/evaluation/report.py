@@ -115,12 +115,19 @@ def calibration_plot(res: dict) -> bytes:
         if all(p.get(key) is not None for p in pts):
             ax1.plot(xs, [p[key] for p in pts], style, label=label)
     ax2.plot(xs, [p["distance"] for p in pts], "o-", color="C3")
+    if res.get("tolerance") is not None:
+        band = (1 + res["tolerance"]) * pts[0]["distance"]
+        ax2.axhline(
+            band, color="C3", alpha=0.4, ls=":", label=f"band: +{100 * res['tolerance']:g}%"
+        )
+        ax2.legend(fontsize=7)
     chosen = res["chosen_strength"]
     for ax in (ax1, ax2):
         ax.set_xscale("symlog", linthresh=min([x for x in xs if x > 0] or [1.0]))
         ax.axvline(chosen, color="k", alpha=0.4, ls="--")
         ax.set_xlabel(f"guidance strength (reduction {res.get('reduction', '')})")
         ax.grid(alpha=0.3)
+    ax2.set_xlim(ax1.get_xlim())
     ax1.set_ylabel("label consistency (mIoU %, vs source labels)")
     ax1.legend(fontsize=7)
     ax2.set_ylabel("patch SWD to target (lower = closer)")
@@ -172,6 +179,13 @@ def _calibration_section(res: dict, picture: Path) -> list[str]:
     ]
     if picture.is_file():
         parts.append(_img_tag(picture.read_bytes(), "guidance calibration"))
+    sheet = picture.with_name("translations.png")
+    if sheet.is_file():
+        strengths = ", ".join(f"{p['strength']:g}" for p in res["points"])
+        parts += [
+            f"<p>Columns: a source image, then its translation at each strength ({strengths}).</p>",
+            _img_tag(sheet.read_bytes(), "translations along the strength"),
+        ]
     return parts
 
 

@@ -9,11 +9,15 @@ checkpoints into one directory, so a result can always be traced and resumed.
     RUN/run.log           log of every invocation of this stage (appended on resume)
     RUN/metrics.json      final metrics of the stage
     RUN/checkpoints/      safetensors checkpoints (``last.safetensors`` and named ones)
+    RUN/.lock             held (an exclusive ``flock``) by the one process writing the folder;
+                          it names that process (pid, command, start time)
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -60,7 +64,10 @@ class RunDir:
        ``artifacts`` exists) whose saved config differs from the new one in anything but
        ``resume_ignore`` -- mixing two configs in one run would make its results meaningless.
        A folder whose stage never started takes any config.
-    2. :meth:`open`: creates the folder and logs to ``run.log`` (until :meth:`close`).
+    2. :meth:`open`: creates the folder, takes its lock (one writer at a time: a second
+       process gets a one-line error naming the holder; the lock of a killed process is
+       released by the operating system and taken over), checks again under the lock, and
+       logs to ``run.log`` (until :meth:`close`, which also releases the lock).
     3. :meth:`start`: records ``config.yaml`` and ``git.txt``; a stage calls it right before
        its first real work, so a failed attempt (bad data, bad settings) never locks the
        folder. :meth:`write_metrics` starts the run too.
@@ -79,6 +86,7 @@ class RunDir:
         self.resume_point: str | None = None  # e.g. "iteration 8" (the last checkpoint)
         self._config = None
         self._handler: logging.Handler | None = None
+        self._lock = None  # the open lock file while this process holds the folder
 
     # ---------------------------------------------------------------- state
     def evidence(self) -> list[str]:
@@ -151,9 +159,16 @@ class RunDir:
         hints: dict[str, str] | None = None,
         allow=None,
     ) -> RunDir:
-        """:meth:`check`, then create the folder and log to ``run.log``."""
+        """:meth:`check`, then create the folder, lock it, check again under the lock (another
+        process may have written it meanwhile) and log to ``run.log``."""
         self.check(config, resume_ignore, hints, allow)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.acquire()
+        try:
+            self.check(config, resume_ignore, hints, allow)
+        except BaseException:
+            self.release()
+            raise
         self.ckpt_dir.mkdir(exist_ok=True)
         self._config = config
         self.logger = self._attach_log()
@@ -168,8 +183,44 @@ class RunDir:
         atomic_write_text(self.path / "git.txt", git_revision() + "\n")
         self._config = None
 
+    def acquire(self) -> None:
+        """Take the folder's exclusive lock (``RUN/.lock``) or raise ``RunLocked`` naming the
+        process that holds it. Re-entrant for this object."""
+        if self._lock is not None:
+            return
+        path = self.path / ".lock"
+        fh = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunLocked(
+                f"{self.path}: in use by {holder}; wait for it to end, or use another output "
+                "folder (-o)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        fh.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]}), {self.stage}, since {started}\n")
+        fh.flush()
+        self._lock = fh
+
+    def release(self) -> None:
+        """Release the folder's lock (the file stays; a later holder rewrites it)."""
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
     def close(self) -> None:
-        """Stop logging to ``run.log`` (later stages' lines stay out of it)."""
+        """Stop logging to ``run.log`` (later stages' lines stay out of it) and release the
+        folder's lock."""
+        self._detach_log()
+        self.release()
+
+    def _detach_log(self) -> None:
         if self._handler is not None:
             logging.getLogger("diffdass").removeHandler(self._handler)
             self._handler.close()
@@ -205,7 +256,7 @@ class RunDir:
         setup_logging(None)  # the console handler
         root = logging.getLogger("diffdass")
         log_file = str((self.path / "run.log").resolve())
-        self.close()
+        self._detach_log()
         fh = logging.FileHandler(log_file)
         fh.setFormatter(_FORMAT)
         fh._diffdass_file = True  # type: ignore[attr-defined]
@@ -230,6 +281,10 @@ class RunDir:
 
     def read_metrics(self) -> dict | None:
         return read_json(self.metrics_path) if self.metrics_path.is_file() else None
+
+
+class RunLocked(ConfigError):
+    """Another process holds the run folder (its lock file names it)."""
 
 
 def is_run_dir(path: str | Path) -> bool:
