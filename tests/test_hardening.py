@@ -144,15 +144,41 @@ def test_evaluate_refuses_a_training_run_directory(tiny_dataset, tmp_path):
     before = run.metrics_path.read_text()
     ckpt = _segmenter_checkpoint(run.ckpt_dir / "final.safetensors")
     res = _evaluate(ckpt, tiny_dataset, "--out", str(run.path))
-    _one_line_error(res, str(run.path), "metrics.json", str(run.path / "eval"))
+    _one_line_error(res, str(run.path), "run folder of another command")
     assert run.metrics_path.read_text() == before
     assert not (run.path / "predictions").exists()
+    # nor a folder inside a run (its checkpoints/, samples/, or a new sub-folder)
+    for inside in (run.ckpt_dir, run.path / "eval"):
+        res = _evaluate(ckpt, tiny_dataset, "--out", str(inside))
+        _one_line_error(res, str(inside), f"inside {run.path.resolve()}")
+    assert not (run.path / "eval").exists()
+    assert not (run.ckpt_dir / "predictions").exists()
+    assert "run folder" in _plain(runner.invoke(app, ["evaluate", "--help"]).output)
 
-    res = _evaluate(ckpt, tiny_dataset, "--out", str(run.path / "eval"))
-    assert res.exit_code == 0, res.output
-    assert json.loads((run.path / "eval" / "metrics.json").read_text())["stage"] == "evaluate"
-    assert run.metrics_path.read_text() == before
-    assert "run directory" in _plain(runner.invoke(app, ["evaluate", "--help"]).output)
+
+def test_evaluate_replaces_its_own_output_whole_and_refuses_a_foreign_folder(
+    tiny_dataset, tmp_path
+):
+    """A second evaluate into the same folder replaces the first one's output whole (no
+    prediction of the first checkpoint left beside the second's); a folder holding other
+    files is refused."""
+    a = _segmenter_checkpoint(tmp_path / "a.safetensors")
+    b = _segmenter_checkpoint(tmp_path / "b.safetensors")
+    ev = tmp_path / "ev"
+    assert _evaluate(a, tiny_dataset, "--out", str(ev), "--save-predictions", "6").exit_code == 0
+    assert len(list((ev / "predictions").glob("*.png"))) == 6
+    assert _evaluate(b, tiny_dataset, "--out", str(ev), "--save-predictions", "2").exit_code == 0
+    assert len(list((ev / "predictions").glob("*.png"))) == 2
+    assert json.loads((ev / "metrics.json").read_text())["checkpoint"] == str(b)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    res = _evaluate(a, tiny_dataset, "--out", str(foreign))
+    _one_line_error(res, str(foreign), "not empty")
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    res = _evaluate(a, tiny_dataset, "--input-size", "0x0")
+    _one_line_error(res, "--input-size", "positive")
 
 
 def test_a_stage_refuses_a_folder_holding_evaluate_output(tiny_dataset, tmp_path):

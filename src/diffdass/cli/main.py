@@ -9,6 +9,8 @@ safetensors checkpoints.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -178,9 +180,9 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Directory for metrics.json and predictions/. Never a run directory of"
-            " train-seg, ptl, train-ddpm, translate or run (that is refused: its"
-            " metrics.json would be replaced); use e.g. RUN/eval."
+            help="Directory for metrics.json and predictions/: a new folder, or one that"
+            " holds an earlier evaluate output (replaced whole, never mixed). A run folder of"
+            " another command, or a folder inside one, is refused."
         ),
     ] = None,
     save_predictions: Annotated[
@@ -195,36 +197,75 @@ def evaluate(
     from diffdass.evaluation.evaluate import evaluate as run_eval
     from diffdass.utils.device import resolve_device
     from diffdass.utils.io import write_json
-    from diffdass.utils.run import is_run_dir
 
-    if out is not None and is_run_dir(out):
-        raise ConfigError(
-            f"{out}: is the run directory of another command (it holds config.yaml); "
-            f"evaluate would replace its metrics.json -- use --out {out / 'eval'} instead"
-        )
+    if out is not None:
+        check_evaluate_out(out)
     size = _parse_size(input_size)
     ds = scan_split(root, split, "required").dataset()  # every file checked before the model runs
     dev = resolve_device(device)
     model = load_for_evaluation(checkpoint, dev)  # a segmenter or a CICLD model
-    res = run_eval(
-        model,
-        ds,
-        [s.strip() for s in class_sets.split(",") if s.strip()],
-        dev,
-        input_size=size,
-        pred_dir=(out / "predictions") if out else None,
-        n_save=save_predictions,
-        progress=not quiet,
-    )
-    res["checkpoint"] = str(checkpoint)
-    res["checkpoint_kind"] = "last"
-    res["dataset"] = f"{root}:{split}"
-    res["stage"] = "evaluate"
-    if out:
-        write_json(out / "metrics.json", res)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out else None
+    try:
+        res = run_eval(
+            model,
+            ds,
+            [s.strip() for s in class_sets.split(",") if s.strip()],
+            dev,
+            input_size=size,
+            pred_dir=(tmp / "predictions") if tmp else None,
+            n_save=save_predictions,
+            progress=not quiet,
+        )
+        res["checkpoint"] = str(checkpoint)
+        res["checkpoint_kind"] = "last"
+        res["dataset"] = f"{root}:{split}"
+        res["stage"] = "evaluate"
+        if tmp:
+            write_json(tmp / "metrics.json", res)
+            replace_folder(tmp, out)
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(res["table"])
     typer.echo(json.dumps(res["miou"]))
     typer.echo(f"inference: {res['inference_ms_per_image']:.2f} ms/image (batch 1)")
+
+
+def check_evaluate_out(out: Path) -> None:
+    """``evaluate --out``: a new folder, or one holding an earlier evaluate output; never a run
+    folder of another command or a folder inside one (checked before anything runs)."""
+    from diffdass.utils.io import read_json
+    from diffdass.utils.run import is_run_dir
+
+    out = Path(out)
+    for folder in (out, *out.resolve().parents):
+        if is_run_dir(folder):
+            where = "is" if folder == out else f"is inside {folder}, which is"
+            raise ConfigError(
+                f"{out}: {where} the run folder of another command (it holds config.yaml); "
+                "evaluate writes only to its own folder -- use a folder outside any run"
+            )
+    if out.is_file():
+        raise ConfigError(f"{out}: is a file; --out must be a folder")
+    if out.is_dir() and any(out.iterdir()):
+        m = out / "metrics.json"
+        stage = read_json(m).get("stage") if m.is_file() else None
+        if stage != "evaluate":
+            raise ConfigError(
+                f"{out}: is not empty and holds no earlier evaluate output; evaluate would mix "
+                "its files with others -- use a new folder"
+            )
+
+
+def replace_folder(new: Path, dst: Path) -> None:
+    """Put the finished folder ``new`` at ``dst``, replacing an earlier one whole: the old
+    folder is moved aside, the new one renamed into place, then the old one removed."""
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        dst.rename(old)
+    new.rename(dst)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _parse_size(s: str | None):
@@ -234,6 +275,8 @@ def _parse_size(s: str | None):
         h, w = (int(v) for v in s.lower().split("x"))
     except ValueError:
         raise ValueError(f"--input-size expects HxW like 512x1024, got {s!r}") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"--input-size: both sizes must be positive, got {s!r}")
     return (h, w)
 
 
