@@ -130,6 +130,12 @@ class PTLConfig:
             raise ConfigError("n_max, iterations_per_domain and batch_size must be positive")
         if self.num_domains is not None and not 1 <= self.num_domains <= self.n_max:
             raise ConfigError(f"num_domains must lie in 1..n_max ({self.n_max})")
+        for key in ("translate_batch_size",):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("eval_every", "strip_images", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"lr_schedule must be one of {'|'.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
@@ -234,6 +240,7 @@ def preflight(cfg: PTLConfig, checkpoints: bool = True) -> tuple[SplitScan, Spli
         if not Path(cfg.init).is_file():
             raise FileNotFoundError(f"{cfg.init}: init checkpoint not found")
         dmeta = read_ddpm_meta(cfg.ddpm)
+        _check_translation_size(cfg, dmeta)
         steps = int(dmeta.get("num_timesteps", 1000))
         if cfg.n_max > steps:
             raise ConfigError(f"n_max {cfg.n_max} exceeds the DDPM's {steps} timesteps")
@@ -245,6 +252,22 @@ def preflight(cfg: PTLConfig, checkpoints: bool = True) -> tuple[SplitScan, Spli
                 f"{cfg.source.root} has {src.classes.num_classes}"
             )
     return src, val
+
+
+def _check_translation_size(cfg: PTLConfig, dmeta: dict) -> None:
+    """The size PTL translates at must suit the DDPM's UNet (divisible by its down-sampling)."""
+    from diffdass.models.unet import UNET_PRESETS, unet_downsample_factor
+
+    if dmeta.get("unet") not in UNET_PRESETS:
+        return
+    f = unet_downsample_factor(dmeta["unet"])
+    size = cfg.translate_size or _fixed_size(cfg.aug)
+    key = "translate_size" if cfg.translate_size else "aug.crop" if cfg.aug.crop else "aug.resize"
+    if size[0] % f or size[1] % f:
+        raise ConfigError(
+            f"{key}: PTL translates at {size[0]}x{size[1]}, which must be divisible by {f}, "
+            f"the down-sampling of the DDPM's {dmeta['unet']!r} UNet"
+        )
 
 
 def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:

@@ -79,6 +79,10 @@ class TrainSegConfig:
             raise ConfigError("source.root: a labeled source dataset is required")
         if self.iterations < 1 or self.batch_size < 1:
             raise ConfigError("iterations and batch_size must be positive")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 

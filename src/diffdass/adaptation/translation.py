@@ -13,6 +13,7 @@ sheet (rows gathered from all) and the metrics.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,8 @@ class GuidanceConfig:
             )
         if self.input not in ("x_t", "x0", "x0_unet"):
             raise ConfigError(f"guidance.input must be x_t|x0|x0_unet, got {self.input!r}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"guidance.chunk_size must be >= 1, got {self.chunk_size}")
         if self.max_t is not None and self.max_t < 0:
             raise ConfigError("guidance.max_t must be >= 0 (or null for every step)")
         if isinstance(self.scale, str):
@@ -86,8 +89,8 @@ class GuidanceConfig:
                     raise ConfigError(
                         f"guidance.scale must be a number >= 0 or 'auto', got {self.scale!r}"
                     ) from None
-        if not self.is_auto and self.scale < 0:
-            raise ConfigError("guidance.scale must be >= 0")
+        if not self.is_auto and not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ConfigError(f"guidance.scale must be a finite number >= 0, got {self.scale}")
 
     @property
     def is_auto(self) -> bool:
@@ -224,6 +227,10 @@ class TranslateConfig:
             raise ConfigError("segmenter: a checkpoint is required for guided translation")
         if self.n < 1:
             raise ConfigError("n must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) <= 0):
+            raise ConfigError(f"resize: expected [H, W] with positive sizes, got {self.resize}")
 
 
 def batch_generator(seed: int, batch_index: int) -> torch.Generator:

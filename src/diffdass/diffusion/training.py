@@ -91,6 +91,36 @@ class TrainDDPMConfig:
             raise ConfigError("snapshot_every must be >= 0 (0: no snapshots)")
         if len(self.adam_betas) != 2:
             raise ConfigError("adam_betas must be two numbers")
+        for key in ("checkpoint_every", "sample_every", "n_samples", "sample_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        from diffdass.models.unet import UNET_PRESETS, unet_downsample_factor
+
+        if self.unet not in UNET_PRESETS:
+            raise ConfigError(
+                f"unet: unknown preset {self.unet!r}; one of {', '.join(UNET_PRESETS)}"
+            )
+        f = unet_downsample_factor(self.unet)
+        for key in ("resize", "crop"):
+            size = getattr(self, key)
+            if size is None:
+                continue
+            if len(size) != 2 or min(size) <= 0:
+                raise ConfigError(f"{key}: expected [H, W] with positive sizes, got {size}")
+            if size[0] % f or size[1] % f:
+                raise ConfigError(
+                    f"{key}: {size[0]}x{size[1]} must be divisible by {f}, the total "
+                    f"down-sampling of the {self.unet!r} UNet"
+                )
+        if (
+            self.crop
+            and self.resize
+            and (self.crop[0] > self.resize[0] or self.crop[1] > self.resize[1])
+        ):
+            raise ConfigError(
+                f"crop {self.crop} is larger than resize {self.resize}: the patches would be "
+                "padding, not image"
+            )
 
 
 MOMENT_IMAGES = 16  # target images for the eps moments of the analytic variance
@@ -193,7 +223,16 @@ RESUME_IGNORE = (
 def preflight(cfg: TrainDDPMConfig) -> SplitScan:
     """The config and every image of the target split, checked before anything is written."""
     validate_tree(cfg)
-    return scan_split(cfg.target.root, cfg.target.split, "none")
+    scan = scan_split(cfg.target.root, cfg.target.split, "none")
+    if cfg.crop and not cfg.resize and scan.samples:
+        first = scan.dataset()[0]
+        h, w = first["image"].shape[-2:]
+        if cfg.crop[0] > h or cfg.crop[1] > w:
+            raise ConfigError(
+                f"crop {cfg.crop} is larger than the images ({first['stem']}: {h}x{w}): the "
+                "patches would be mostly padding -- lower crop or set resize"
+            )
+    return scan
 
 
 def trained_iterations(run_path: str | Path) -> int:

@@ -1,0 +1,77 @@
+"""Every config value is checked where the config is read, with the key in the message."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from diffdass.adaptation.ptl import PTLConfig
+from diffdass.adaptation.seg_training import TrainSegConfig
+from diffdass.adaptation.translation import GuidanceConfig, TranslateConfig
+from diffdass.diffusion.training import TrainDDPMConfig, preflight
+from diffdass.utils.config import ConfigError, validate_tree
+
+
+def _ddpm(**kw) -> TrainDDPMConfig:
+    cfg = TrainDDPMConfig(unet="tiny")
+    cfg.target.root = "/data/x"
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"sample_every": 0}, "sample_every"),
+        ({"n_samples": 0}, "n_samples"),
+        ({"crop": [15, 30]}, "divisible by 4"),
+        ({"resize": [32, 64], "crop": [64, 128]}, "larger than resize"),
+        ({"unet": "huge"}, "unknown preset"),
+    ],
+)
+def test_ddpm_settings(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        validate_tree(_ddpm(**kw))
+
+
+def test_ddpm_crop_larger_than_the_images(tiny_dataset):
+    cfg = _ddpm(crop=[64, 128])
+    cfg.target.root = str(tiny_dataset)  # 32x48 images
+    with pytest.raises(ConfigError, match=r"larger than the images .*32x48"):
+        preflight(cfg)
+
+
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"translate_batch_size": 0}, "translate_batch_size"),
+        ({"eval_every": -1}, "eval_every"),
+        ({"translate_size": [30]}, "translate_size"),
+    ],
+)
+def test_ptl_settings(kw, key):
+    cfg = PTLConfig(**kw)
+    with pytest.raises(ConfigError, match=key):
+        validate_tree(cfg)
+
+
+@pytest.mark.parametrize("scale", [math.nan, math.inf, -1.0, "nan"])
+def test_guidance_scale_must_be_finite(scale):
+    with pytest.raises(ConfigError, match="guidance.scale"):
+        GuidanceConfig(scale=scale).validate()
+    with pytest.raises(ConfigError, match="chunk_size"):
+        GuidanceConfig(chunk_size=0).validate()
+
+
+def test_seg_and_translate_settings():
+    seg = TrainSegConfig(checkpoint_every=0)
+    seg.source.root = "/x"
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        validate_tree(seg)
+    tr = TranslateConfig(ddpm="d.safetensors", segmenter="s", batch_size=0)
+    tr.source.root = "/x"
+    with pytest.raises(ConfigError, match="batch_size"):
+        validate_tree(tr)
