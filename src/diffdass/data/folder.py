@@ -76,18 +76,29 @@ class ClassInfo:
             )
         try:
             doc = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"{path}: cannot be read as YAML ({exc})") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            what = getattr(exc, "problem", None) or type(exc).__name__
+            raise DataError(f"{path}: not valid YAML ({where}{what})") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         if isinstance(doc, list):
             doc = {"names": doc}
         if not isinstance(doc, dict) or "names" not in doc:
             raise DataError(f"{path}: expected a list of class names or a mapping with 'names'")
-        try:
-            return cls.create(
-                doc["names"], doc.get("palette"), doc.get("ignore_index", IGNORE_INDEX)
+        names, ignore = doc["names"], doc.get("ignore_index", IGNORE_INDEX)
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise DataError(
+                f"{path}: names must be a list of class names (one per line, '- road'), got "
+                f"{type(names).__name__} {names!r}"[:300]
             )
-        except ValueError as exc:
-            raise DataError(f"{path}: {exc}") from exc
+        if isinstance(ignore, bool) or not isinstance(ignore, int):
+            raise DataError(f"{path}: ignore_index must be an integer in 0..255, got {ignore!r}")
+        try:
+            return cls.create(names, doc.get("palette"), ignore)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path}: {exc}") from None
 
     def save(self, root: str | Path) -> None:
         from diffdass.utils.io import atomic_write_text

@@ -6,6 +6,8 @@ Every writer writes to a temporary file in the destination directory, flushes it
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -34,7 +36,17 @@ def _atomic(path: str | Path, write: Callable[[str], None], suffix: str = "") ->
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as exc:  # e.g. a full disk: name the output, not the temporary file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        except Exception as exc:
+            # writers that wrap OS errors in their own type (safetensors' SafetensorError)
+            msg = str(exc)
+            for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                if os.strerror(code) in msg:
+                    raise OSError(code, os.strerror(code), str(path)) from None
+            raise
         # mkstemp creates 0600, and a writer may replace the file (safetensors writes its own
         # temporary file and renames it), so set the mode a plain open() would give now
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -96,7 +108,23 @@ def save_tensors(
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta[CHECKSUM_KEY] = tensors_checksum(flat)
     return _atomic(path, lambda t: save_file(flat, t, metadata=meta), suffix=".safetensors")
+
+
+#: the metadata key of the tensors' checksum in every file :func:`save_tensors` writes
+CHECKSUM_KEY = "diffdass_sha256"
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -106,9 +134,18 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")
     except Exception as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+    expected = load_tensors_metadata(path).get(CHECKSUM_KEY)
+    if expected is not None and tensors_checksum(tensors) != expected:
+        raise ValueError(
+            f"{path}: damaged (its tensors do not match the checksum written with them); "
+            "use an earlier checkpoint or retrain"
+        )
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors
 
 
 def load_tensors_metadata(path: str | Path) -> dict[str, str]:
