@@ -91,10 +91,11 @@ def test_read_only_output_folder_is_a_one_line_error(tiny_dataset, tmp_path, mon
 
     monkeypatch.setattr(tempfile, "mkstemp", refusing_mkstemp)
     try:
-        res = _evaluate(ckpt, tiny_dataset, "--out", str(ro))
+        res = _evaluate(ckpt, tiny_dataset, "--out", str(ro / "ev"))
     finally:
         ro.chmod(0o755)
-    _one_line_error(res, str(ro), "Permission denied")
+    _one_line_error(res, str(ro / "ev"), "Permission denied")
+    assert list(ro.iterdir()) == []  # nothing left behind
     assert ".tmp" not in res.output  # the output is named, not the temporary file
 
 

@@ -223,6 +223,10 @@ def evaluate(
         if tmp:
             write_json(tmp / "metrics.json", res)
             replace_folder(tmp, out)
+    except OSError as exc:  # name the output folder, not the temporary one
+        if tmp is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from None
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
