@@ -105,6 +105,25 @@ def test_make_benchmark_into_a_foreign_folder_is_a_one_line_error(tmp_path):
     res = runner.invoke(app, ["make-benchmark", str(tmp_path / "mine")])
     _one_line_error(res, str(tmp_path / "mine"), "not a generated benchmark")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no lock file left behind
+
+
+def test_an_option_and_a_set_of_the_same_key_are_refused(tiny_dataset, tmp_path):
+    """`--iterations 2 --set iterations=abc` used to exit 0 (the flag silently won)."""
+    args = ["train-seg", "--source-root", str(tiny_dataset), "-o", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, "--iterations", "2", "--set", "iterations=abc"])
+    _one_line_error(res, "iterations", "given both as an option and with --set")
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_errors_show_values_not_internal_objects(tiny_dataset, tmp_path):
+    args = ["train-seg", "--source-root", str(tiny_dataset), "-o", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, "--set", "optim.lrr=3"])
+    _one_line_error(res, "unknown config key(s) optim.lrr", "valid keys under 'optim.'")
+    assert "SetValue" not in res.output
+    res = runner.invoke(app, [*args, "--set", "iterations=abc"])
+    _one_line_error(res, "iterations: cannot use 'abc'")
+    assert "SetValue" not in res.output and "<class" not in res.output
 
 
 def test_debug_option_shows_the_traceback(tmp_path):

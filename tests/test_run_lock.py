@@ -75,3 +75,36 @@ def test_the_lock_is_released_when_the_stage_ends(tmp_path):
         pass
     assert time.perf_counter() - t0 < 5
     assert not RunDir(folder, "train-seg").evidence()  # the lock file is no evidence of a run
+
+
+def test_sigterm_stops_a_stage_like_ctrl_c_and_it_resumes(tiny_dataset, tmp_path):
+    """SIGTERM (a scheduler's warning) logs where the stage stopped and how it resumes."""
+    out = tmp_path / "seg"
+    cmd = [sys.executable, "-m", "diffdass.cli.main", "train-seg", "--source-root"]
+    cmd += [str(tiny_dataset), "--iterations", "100000", "-o", str(out), "--quiet"]
+    cmd += ["--set", "device=cpu", "--set", "checkpoint_every=5", "--set", "num_workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "last.safetensors").is_file():
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint written"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (out / "run.log").read_text()
+    assert "interrupted at iteration" in log and "re-run the same command" in log
+    assert proc.returncode != 0
+
+
+def test_a_folder_of_another_command_is_named(tiny_dataset, tmp_path):
+    from diffdass.diffusion.training import TrainDDPMConfig
+
+    folder = tmp_path / "d"
+    with RunDir(folder, "train-ddpm").open(TrainDDPMConfig()) as run:
+        run.start()
+    with pytest.raises(Exception, match=r"holds a train-ddpm run; train-seg would mix"):
+        RunDir(folder, "train-seg").open(TrainSegConfig())

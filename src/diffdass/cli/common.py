@@ -31,9 +31,16 @@ SetOpt = Annotated[
 def build_config(
     cls, config: Path | None, sets: list[str] | None, flags: dict[str, Any], validate: bool = True
 ):
-    """defaults < YAML < --set < explicit flags."""
+    """defaults < YAML < --set < explicit flags. A key given both as a flag and by ``--set``
+    is an error (one of them would be silently ignored)."""
     overrides = parse_set(sets)
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    both = sorted(set(overrides) & set(given))
+    if both:
+        raise ConfigError(
+            f"{', '.join(both)}: given both as an option and with --set; give each key once"
+        )
+    overrides.update(given)
     return load_config(cls, config, overrides, validate=validate)
 
 

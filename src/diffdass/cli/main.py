@@ -43,9 +43,15 @@ def _global_options(
         ),
     ] = False,
 ):
-    # nothing to do here: cli.common.friendly_errors reads ``debug`` from the root of the
-    # context that typer hands to every command
-    pass
+    # cli.common.friendly_errors reads ``debug`` from the root of the context that typer
+    # hands to every command. SIGTERM (what cluster schedulers send before killing a job)
+    # stops a command like Ctrl-C: the stage logs where it stopped and how it resumes.
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 @app.command("make-benchmark")

@@ -94,13 +94,21 @@ def _coerce(value: Any, tp, key: str):
         if optional:
             return None
         raise ConfigError(f"{key}: may not be null")
+    if len(options) == 1:  # the inner error names the key and the cause
+        try:
+            return _coerce_one(value, options[0], key)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}: cannot use {_plain(value)!r}: {exc}") from None
     errors = []
     for opt in options:
         try:
             return _coerce_one(value, opt, key)
         except (ConfigError, TypeError, ValueError) as exc:
             errors.append(str(exc))
-    raise ConfigError(f"{key}: cannot use {value!r} as {tp}: {'; '.join(errors)}")
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{key}: cannot use {_plain(value)!r} as {names}: {'; '.join(errors)}")
 
 
 def _coerce_one(value: Any, tp, key: str):

@@ -6,6 +6,7 @@ checkpoints into one directory, so a result can always be traced and resumed.
     RUN/config.yaml       resolved configuration (defaults < YAML < flags), written once the
                           stage really starts (see docs/run_directories.md)
     RUN/git.txt           git revision (and "dirty" if the tree had changes) of the code
+    RUN/stage.txt         the command that owns the folder (train-seg, train-ddpm, ptl, ...)
     RUN/run.log           log of every invocation of this stage (appended on resume)
     RUN/metrics.json      final metrics of the stage
     RUN/checkpoints/      safetensors checkpoints (``last.safetensors`` and named ones)
@@ -103,6 +104,12 @@ class RunDir:
     def started(self) -> bool:
         return bool(self.evidence())
 
+    def owner(self) -> str | None:
+        """The command that owns the folder (``stage.txt``; None for a new folder or one
+        written by an older version)."""
+        f = self.path / "stage.txt"
+        return f.read_text(encoding="utf-8").strip() or None if f.is_file() else None
+
     def config_diff(self, config, resume_ignore: tuple[str, ...] = ()) -> list[str]:
         """Differences of ``config`` to the saved ``config.yaml`` (none without one)."""
         cfg_path = self.path / "config.yaml"
@@ -134,6 +141,12 @@ class RunDir:
             raise ConfigError(
                 f"{self.path}: holds the output of another command (metrics.json but no "
                 f"config.yaml); {self.stage} would overwrite it -- use a new output directory"
+            )
+        owner = self.owner()
+        if owner is not None and owner != self.stage:
+            raise ConfigError(
+                f"{self.path}: holds a {owner} run; {self.stage} would mix its files with it -- "
+                "use a new output directory"
             )
         evidence = self.evidence()
         if not evidence:
@@ -181,6 +194,7 @@ class RunDir:
             return
         atomic_write_text(self.path / "config.yaml", dump_yaml(self._config))
         atomic_write_text(self.path / "git.txt", git_revision() + "\n")
+        atomic_write_text(self.path / "stage.txt", self.stage + "\n")
         self._config = None
 
     def acquire(self) -> None:

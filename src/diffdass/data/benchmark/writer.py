@@ -206,6 +206,14 @@ def _safe_to_replace(root: Path) -> bool:
     return not entries or "benchmark.json" in entries or entries <= {"source", "target"}
 
 
+def _refuse_foreign(root: Path) -> None:
+    if not _safe_to_replace(root):
+        raise FileExistsError(
+            f"{root}: exists and is not a generated benchmark (no benchmark.json); "
+            "refusing to replace it -- pick another directory or remove it"
+        )
+
+
 @contextlib.contextmanager
 def _lock(root: Path):
     import fcntl
@@ -256,15 +264,12 @@ def generate_benchmark(
     cfg = config or BenchmarkConfig(seed, height, width, n_source, n_target_train, n_target_val)
     root = Path(out_root).absolute()
     t0 = time.perf_counter()
+    _refuse_foreign(root)  # before the lock file: a refused call leaves nothing behind
     with _lock(root):
         meta = _is_complete(root, cfg)
         if meta is not None:
             return {**meta, "root": str(root), "generated": False, "seconds": 0.0}
-        if not _safe_to_replace(root):
-            raise FileExistsError(
-                f"{root}: exists and is not a generated benchmark (no benchmark.json); "
-                "refusing to replace it -- pick another directory or remove it"
-            )
+        _refuse_foreign(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         umask = os.umask(0)
         os.umask(umask)
