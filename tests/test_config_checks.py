@@ -75,3 +75,27 @@ def test_seg_and_translate_settings():
     tr.source.root = "/x"
     with pytest.raises(ConfigError, match="batch_size"):
         validate_tree(tr)
+
+
+def test_ptl_translation_size_must_suit_the_ddpm():
+    from diffdass.adaptation.ptl import _check_translation_size
+
+    cfg = PTLConfig(translate_size=[30, 66])
+    with pytest.raises(ConfigError, match=r"translate_size: .*30x66.*divisible by 4"):
+        _check_translation_size(cfg, {"unet": "tiny"})
+    cfg = PTLConfig()
+    cfg.aug.crop = [36, 64]
+    with pytest.raises(ConfigError, match=r"aug.crop: .*divisible by 32"):
+        _check_translation_size(cfg, {"unet": "ddpm256"})
+    cfg.aug.crop = [64, 64]
+    _check_translation_size(cfg, {"unet": "ddpm256"})
+
+
+def test_ptl_crop_larger_than_the_source_images(tiny_dataset, tmp_path):
+    from diffdass.adaptation.ptl import preflight as ptl_preflight
+
+    cfg = PTLConfig(init="g.safetensors", ddpm="d.safetensors")
+    cfg.source.root = str(tiny_dataset)  # 32x48 images
+    cfg.aug.crop = [64, 64]
+    with pytest.raises(ConfigError, match=r"aug.crop \[64, 64\] is larger than the source"):
+        ptl_preflight(cfg, checkpoints=False)

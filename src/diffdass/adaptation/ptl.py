@@ -232,6 +232,14 @@ def preflight(cfg: PTLConfig, checkpoints: bool = True) -> tuple[SplitScan, Spli
     """
     check_config(cfg)
     src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
+    if cfg.aug.crop and not cfg.aug.resize and not cfg.aug.scale and src.samples:
+        first = src.dataset()[0]
+        h, w = first["image"].shape[-2:]
+        if cfg.aug.crop[0] > h or cfg.aug.crop[1] > w:
+            raise ConfigError(
+                f"aug.crop {cfg.aug.crop} is larger than the source images ({first['stem']}: "
+                f"{h}x{w}): the crops would be mostly padding -- lower it or set aug.resize"
+            )
     val = scan_split(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
     if checkpoints:
         from diffdass.diffusion.training import ddpm_moments, read_ddpm_meta
