@@ -13,7 +13,9 @@ method at the chosen strength; the ablation rows hold g_N at the other strengths
    loses that guidance wins back, under the judge and the oracle, and the SWD change);
 2. the strength sweep: g_N mIoU, consistency (judge, oracle) and SWD per strength, mean over
    seeds (strength 0 is row (b): PTL on unguided translations);
-3. the rows full, (a), (b), AdaBN, source-only and oracle with paired differences.
+3. the rows full, (a), (b), AdaBN, source-only and oracle with paired differences; with
+   ``--adabn-on-top`` every trained row also with target BatchNorm statistics (AdaBN on top,
+   computed once and cached in ``adabn_on_top.json`` of the folder).
 """
 
 from __future__ import annotations
@@ -134,9 +136,71 @@ def rows_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: row label -> its g_N checkpoint, relative to the seed's folder
+def _checkpoints(seed_dir: Path, labels: list[str]) -> dict[str, Path]:
+    import re
+
+    out = {"source-only g_0": seed_dir / "base" / "source_only" / "checkpoints" / "final.safetensors",
+           FULL: seed_dir / "base" / "ptl" / "checkpoints" / "final.safetensors"}  # fmt: skip
+    for lab in labels:
+        slug = "_".join(p for p in re.sub(r"[^0-9a-z]", "_", lab.lower()).split("_") if p)[:60]
+        f = seed_dir / slug / "ptl" / "checkpoints" / "final.safetensors"
+        if f.is_file():
+            out[lab] = f
+    return out
+
+
+def adabn_on_top(root: Path, results: dict) -> dict:
+    """seed -> label -> mIoU19 with target BatchNorm statistics (cached)."""
+    import torch
+
+    from diffdass.adaptation.adabn import adabn
+    from diffdass.data.folder import FolderDataset
+    from diffdass.evaluation.evaluate import evaluate
+    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.utils.io import write_json
+
+    cache = root / "adabn_on_top.json"
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    tgt = FolderDataset(root / "data" / "target", "train", "none")
+    val = FolderDataset(root / "data" / "target", "val", "required")
+    for seed, res in results.items():
+        for lab, ckpt in _checkpoints(root / f"seed{seed}", list(res)).items():
+            if lab in done.get(seed, {}):
+                continue
+            model, _ = load_segmenter(ckpt, "cpu")
+            adabn(model, torch.utils.data.DataLoader(tgt, batch_size=16))
+            miou = evaluate(model, val, ["19"], "cpu", progress=False)["miou"]["19"]
+            done.setdefault(seed, {})[lab] = miou
+            write_json(cache, done)
+    return done
+
+
+def on_top_table(results: dict, bn: dict) -> str:
+    seeds = sorted(bn, key=int)
+    labels = ["source-only g_0", ROW_A, ROW_B, FULL] + sorted(
+        {lab for s in seeds for lab in bn[s]} - {"source-only g_0", ROW_A, ROW_B, FULL}
+    )
+    lines = [
+        "| row | without | with target BN statistics (AdaBN on top) | full minus row, both with (paired) |",
+        "|---|---|---|---|",
+    ]
+    for lab in labels:
+        vals = [bn[s][lab] for s in seeds if lab in bn[s]]
+        plain = [results[s][lab] for s in seeds if lab in results[s] and lab in bn[s]]
+        diffs = [bn[s][FULL] - bn[s][lab] for s in seeds if {lab, FULL} <= bn[s].keys()]
+        d = "" if lab == FULL else f"{_ms(diffs)} ({', '.join(f'{x:+.1f}' for x in diffs)})"
+        name = "AdaBN (g_0 with target BN statistics)" if lab == "source-only g_0" else lab
+        lines.append(
+            f"| {name} | {_ms(plain)} | {_ms(vals)} ({', '.join(f'{v:.1f}' for v in vals)}) | {d} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("ablation", type=Path, help="a `diffdass ablate` output folder")
+    ap.add_argument("--adabn-on-top", action="store_true", help="also every row + AdaBN")
     args = ap.parse_args()
     results, cals = load(args.ablation)
     print("Calibration per seed\n")
@@ -145,6 +209,9 @@ def main() -> None:
     print(sweep_table(results, cals))
     print("Rows (target mIoU)\n")
     print(rows_table(results))
+    if args.adabn_on_top:
+        print("Every row with target BatchNorm statistics (AdaBN on top)\n")
+        print(on_top_table(results, adabn_on_top(args.ablation, results)))
 
 
 if __name__ == "__main__":

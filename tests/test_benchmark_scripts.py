@@ -110,6 +110,15 @@ def test_strength_study_tables(tmp_path):
     sweep = st.sweep_table(results, cals)
     assert "| 0 | 20.2 +- 1.1 (19.5, 21.0) |" in sweep  # row (b)
     assert "| 0.08 | 21.5 +- 0.7 (21.0, 22.0) |" in sweep  # the full method
+    bn = {
+        "0": {"source-only g_0": 20.0, st.FULL: 22.0},
+        "1": {"source-only g_0": 21.0, st.FULL: 22.5},
+    }
+    on_top = st.on_top_table(results, bn)
+    assert (
+        "| AdaBN (g_0 with target BN statistics) |  | 20.5 +- 0.7 (20.0, 21.0) | 1.8 +- 0.4"
+        in on_top
+    )
     rows = st.rows_table(results)
     assert (
         "| table2: (a) baseline phi^N, then training | 20.0 +- 0.0 | 20.0, 20.0 | 1.5 +- 0.7"
