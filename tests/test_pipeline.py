@@ -453,7 +453,7 @@ def test_run_summary_warns_of_a_weak_oracle():
         "oracle_per_class_iou": per,
     }
     line = weak_oracle_line(summary)
-    assert line.startswith("warning: the target oracle is too weak")
+    assert line.startswith("warning: the target oracle is weak here")
     assert "2 of 4 classes under 1 IoU" in line and "square 0" in line and "ring" not in line
     assert line in summary_lines(summary)
     summary["oracle_per_class_iou"] = {k: 60.0 for k in per}
