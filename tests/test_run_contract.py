@@ -346,3 +346,22 @@ def test_an_interrupt_is_logged_with_the_position_and_how_to_resume(tmp_path, mo
     log = (tmp_path / "r" / "run.log").read_text()
     assert "interrupted at iteration 5 of 8" in log
     assert "re-run the same command" in log and "checkpoint at iteration 4" in log
+
+
+def test_ptl_settings_the_calibration_does_not_read_may_change_after_it(tmp_path):
+    """After the calibration ran (and before PTL), PTL's training settings may still change;
+    its guidance and depth settings may not (the calibration read them)."""
+    from diffdass.cli.pipeline import _unstarted_sections
+
+    out = tmp_path / "run"
+    (out / "calibration").mkdir(parents=True)
+    (out / "calibration" / "calibration.json").write_text("{}")
+    allow = _unstarted_sections(out)
+    assert allow("ptl.iterations_per_domain: 40 -> 80")
+    assert allow("ptl.optim.lr: 0.0003 -> 0.001")
+    assert not allow("ptl.guidance.arrangement: 'alternate' -> 'random'")
+    assert not allow("ptl.n_max: 300 -> 600")
+    assert not allow("calibration.images: 24 -> 32")
+    (out / "ptl" / "checkpoints").mkdir(parents=True)
+    (out / "ptl" / "checkpoints" / "last.safetensors").write_bytes(b"x")
+    assert not allow("ptl.iterations_per_domain: 40 -> 80")  # PTL has started

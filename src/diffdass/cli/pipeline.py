@@ -216,6 +216,10 @@ _DEPENDENTS = {
     "cicld": ("cicld",),
     "dacs": ("dacs",),
 }
+#: the PTL settings the guidance calibration reads (the rest may change after it ran)
+_CALIBRATION_KEYS = tuple(
+    f"ptl.{k}" for k in ("guidance", "sampler", "n_max", "domains", "num_domains", "reverse_steps")
+)
 PIPELINE_ARTIFACTS = (
     "summary.json",
     "*/eval/metrics.json",
@@ -231,8 +235,11 @@ def _unstarted_sections(out: Path):
         return any(p.is_file() for pat in _STAGE_OUTPUTS[stage] for p in out.glob(pat))
 
     def allow(diff: str) -> bool:
-        section = diff.split(":", 1)[0].split(".", 1)[0]
+        key = diff.split(":", 1)[0]
+        section = key.split(".", 1)[0]
         deps = _DEPENDENTS.get(section)
+        if section == "ptl" and not key.startswith(_CALIBRATION_KEYS):
+            deps = ("ptl", "stage_metrics")  # a PTL setting the calibration does not read
         return deps is not None and not any(started(s) for s in deps)
 
     return allow
