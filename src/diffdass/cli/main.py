@@ -477,9 +477,12 @@ def run(
 ):
     """The whole pipeline: benchmark (if enabled) -> source-only -> DDPM -> PTL -> evaluation -> report.
 
-    Optional config sections add stages: `cicld` (CICLD) and `dacs` (the DACS baseline, from
-    g_0); `ptl: null` leaves out the DDPM and PTL (e.g. configs/cicld_benchmark.yaml).
-    Stages whose outputs exist are reused, so re-running continues an interrupted job.
+    With `ptl.guidance.scale: auto` (every shipped config) a judge model is trained and the
+    guidance strength is calibrated without target labels before PTL (see
+    `diffdass calibrate-guidance`). Optional config sections add stages: `cicld` (CICLD) and
+    `dacs` (the DACS baseline, from g_0); `ptl: null` leaves out the DDPM and PTL (e.g.
+    configs/cicld_benchmark.yaml). Stages whose outputs exist are reused, so re-running
+    continues an interrupted job; one process at a time may write an output folder.
     """
     from diffdass.cli.pipeline import run_pipeline
 
