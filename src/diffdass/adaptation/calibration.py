@@ -187,6 +187,7 @@ def calibrate_guidance(
     cons = [p["judge_consistency"] for p in points]
     dist = [p["distance"] for p in points]
     i = knee(tried, cons, dist, spec.tolerance)
+    source = scores(xs)  # the untranslated images: distance and every model's consistency
     result = {
         "chosen_strength": tried[i],
         "rule": (
@@ -200,8 +201,8 @@ def calibrate_guidance(
         "reverse_steps": respace_steps,
         "images": len(xs),
         "target_images": len(xt),
-        "source_consistency": {k: v for k, v in scores(xs).items() if k != "distance"},
-        "source_distance": float(image_set_distance(xs, xt, seed=seed)["swd"]),
+        "source_consistency": {k: v for k, v in source.items() if k != "distance"},
+        "source_distance": source["distance"],
         "points": points,
         "judge": str(judge),
         "guide": str(guide),
@@ -216,18 +217,12 @@ def calibrate_guidance(
 
 def _sheet(columns: list[torch.Tensor]):
     """Rows = images, columns = the source then the translation at every strength tried."""
-    import numpy as np
-
+    from diffdass.adaptation.translation import preview_sheet
     from diffdass.data.folder import tensor_to_image
 
-    cols = [[tensor_to_image(x) for x in col] for col in columns]
-    h, w = cols[0][0].shape[:2]
-    rows = len(cols[0])
-    sheet = np.full((rows * (h + 2), len(cols) * (w + 2), 3), 255, np.uint8)
-    for c, col in enumerate(cols):
-        for r, im in enumerate(col):
-            sheet[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
-    return sheet
+    return preview_sheet(
+        [[tensor_to_image(col[r]) for col in columns] for r in range(len(columns[0]))]
+    )
 
 
 def won_back(result: dict, judge: str = "judge") -> float | None:
