@@ -65,3 +65,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def weight_fingerprint(path: Path) -> tuple[float, float]:
+    """Two numbers that move when any weight of a checkpoint moves, for pinning a seeded run's
+    result: the projection of all floating-point weights on a fixed random direction and
+    their sum of squares (float64). Unlike a plain sum, the projection is not dominated by
+    constant parameters (BatchNorm weights at 1), so a changed update moves it by percents
+    where float noise moves it by about 1e-6."""
+    from diffdass.utils.io import load_tensors
+
+    gen = torch.Generator().manual_seed(0)
+    projection = squares = 0.0
+    for _, t in sorted(load_tensors(path).items()):
+        if t.is_floating_point():
+            t = t.double().flatten()
+            direction = torch.randn(t.numel(), generator=gen, dtype=torch.float64)
+            projection += float((t * direction).sum())
+            squares += float((t * t).sum())
+    return projection, squares
