@@ -13,6 +13,7 @@ from torch import nn
 from diffdass.diffusion import (
     GSG,
     LCG,
+    PAPER,
     SGG,
     DDPMSchedule,
     TranslationPipeline,
@@ -443,7 +444,9 @@ def test_zero_guidance_is_bit_identical(sched, respace):
 
     def run(guidance):
         g = torch.Generator().manual_seed(123)
-        out = translate(x0, 20, eps_fn, sched, guidance, generator=g, respace_steps=respace)
+        out = translate(
+            x0, 20, eps_fn, sched, guidance, generator=g, respace_steps=respace, options=PAPER
+        )
         return out, g.get_state()
 
     base, state = run(None)
@@ -571,7 +574,9 @@ def test_respaced_translation(sched):
         seen.append(int(t[0]))
         return eps_fn(x, t)
 
-    out = translate(rand_x(18), 100, rec, sched, generator=torch.Generator(), respace_steps=10)
+    out = translate(
+        rand_x(18), 100, rec, sched, generator=torch.Generator(), respace_steps=10, options=PAPER
+    )
     assert seen == s.timestep_map.flip(0).tolist() and len(seen) == 10
     assert torch.isfinite(out).all()
     assert translation_schedule(sched, 100, None) == (sched, 100)

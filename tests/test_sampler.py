@@ -13,7 +13,15 @@ import torch
 
 from diffdass.adaptation.translation import SamplerConfig
 from diffdass.diffusion.moments import EpsMoments, estimate_eps_moments
-from diffdass.diffusion.sampler import SamplerOptions, reverse, reverse_step, translate
+from diffdass.diffusion.sampler import (
+    PAPER,
+    SamplerOptions,
+    TranslationPipeline,
+    reverse,
+    reverse_step,
+    toolkit_options,
+    translate,
+)
 from diffdass.diffusion.schedule import DDPMSchedule
 
 SCHED = DDPMSchedule()
@@ -79,7 +87,7 @@ def test_fixed_variances_fail_at_few_steps_on_narrow_data():
     """The reason for the analytic default (a regression guard on the measured failure)."""
     eps = gaussian_eps(0.0, 0.05)
     x0 = source_images()
-    large = translate(x0, 1000, eps, SCHED, generator=gen(4), respace_steps=10)
+    large = translate(x0, 1000, eps, SCHED, generator=gen(4), respace_steps=10, options=PAPER)
     small = translate(
         x0,
         1000,
@@ -217,3 +225,21 @@ def test_guidance_threshold_skips_high_noise_steps():
     x = torch.randn(1, 1, 4, 4, generator=gen(0))
     reverse(x, 300, eps, SCHED, guide, gen(1), options=SamplerOptions(guidance_max_t=99))
     assert calls and max(calls) == 99 and len(calls) == 100
+
+
+def test_a_respaced_translation_without_sampler_options_is_refused():
+    """The library call never silently samples a few-step chain with the paper's fixed-large
+    variance: it asks for options, and toolkit_options gives the toolkit's clean sampler."""
+    eps = gaussian_eps(0.0, 0.05)
+    x0 = source_images()
+    with pytest.raises(ValueError, match="toolkit_options"):
+        translate(x0, 1000, eps, SCHED, generator=gen(4), respace_steps=10)
+    with pytest.raises(ValueError, match="options=PAPER"):
+        TranslationPipeline(eps, SCHED)(x0, 1000, generator=gen(4), respace_steps=10)
+    # the full chain keeps the paper's sampler as its default
+    assert TranslationPipeline(eps, SCHED)(x0, 0).equal(x0)
+    opts = toolkit_options(EpsMoments((0, 999), (0.5, 0.5)))
+    assert (opts.variance, opts.clip_x0) == ("analytic", True)
+    assert opts == SamplerConfig().options(EpsMoments((0, 999), (0.5, 0.5)))  # the run's sampler
+    out = translate(x0, 1000, eps, SCHED, generator=gen(4), respace_steps=10, options=opts)
+    assert torch.isfinite(out).all()

@@ -22,24 +22,29 @@ from diffdass.diffusion.guidance import (
     segmenter_logits,
 )
 from diffdass.diffusion.sampler import (
+    PAPER,
     EpsFn,
+    SamplerOptions,
     TranslationPipeline,
     as_eps_fn,
     diffuse,
     draw_noise,
     reverse,
     reverse_step,
+    toolkit_options,
     translate,
     translation_schedule,
 )
 from diffdass.diffusion.schedule import DDPMSchedule, space_timesteps
 
 __all__ = [
+    "PAPER",
     "GSG",
     "LCG",
     "SGG",
     "DDPMSchedule",
     "EpsFn",
+    "SamplerOptions",
     "GuidanceFn",
     "TranslationPipeline",
     "as_eps_fn",
@@ -52,6 +57,7 @@ __all__ = [
     "reverse_step",
     "segmenter_logits",
     "space_timesteps",
+    "toolkit_options",
     "translate",
     "translation_schedule",
 ]

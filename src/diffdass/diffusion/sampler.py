@@ -118,8 +118,9 @@ def diffuse(
 class SamplerOptions:
     """How each reverse step is taken (everything a sampler needs besides model and guidance).
 
-    The defaults are the paper's literal sampler (ancestral, Sigma = beta_t, no clipping);
-    translation in the toolkit uses :data:`TRANSLATION_DEFAULTS` (analytic variance, clipped x_0).
+    The defaults are the paper's literal sampler (:data:`PAPER`: ancestral, Sigma = beta_t, no
+    clipping); translation in the toolkit uses :func:`toolkit_options` (analytic variance,
+    clipped x_0), which stays clean at a few respaced steps.
 
     - ``solver``: ``"ancestral"`` (DDPM, Eq. 3) or ``"ddim"`` (deterministic DDIM, eta = 0; the
       guidance then shifts the noise prediction, ``eps - sqrt(1 - abar_t) * scale * grad log p``,
@@ -156,7 +157,28 @@ class SamplerOptions:
             raise ValueError(f"unknown guidance_input {self.guidance_input!r}: x_t | x0 | x0_unet")
 
 
+#: the paper's literal sampler (ancestral, Sigma = beta_t, Eq. 4 without clipping)
 PAPER = SamplerOptions()
+
+
+def toolkit_options(moments: EpsMoments, **changes: Any) -> SamplerOptions:
+    """The toolkit's translation sampler: ancestral steps with the analytic variance (from the
+    DDPM's eps ``moments``, :func:`diffdass.diffusion.moments.estimate_eps_moments`, stored
+    in every DDPM checkpoint the toolkit writes) and x_0 clipped to [-1, 1]. ``changes``
+    override single fields (e.g. ``guidance_input="x0"``)."""
+    return SamplerOptions(
+        **{"variance": "analytic", "clip_x0": True, "moments": moments, **changes}
+    )
+
+
+def _check_respaced(n: int, respace_steps: int | None, options: SamplerOptions | None) -> None:
+    if options is None and respace_steps is not None and respace_steps < n:
+        raise ValueError(
+            f"a translation in {respace_steps} respaced steps needs sampler options: pass "
+            "options=toolkit_options(moments) (analytic variance, clean at few steps; moments "
+            "from the DDPM checkpoint) or options=PAPER to sample with the paper's fixed-large "
+            "variance, which leaves visible noise at few steps"
+        )
 
 
 def _guidance_shift(
@@ -334,10 +356,13 @@ def translate(
 ) -> Tensor:
     """phi^n: diffuse ``x0`` with ``n`` steps then reverse (optionally in ``respace_steps`` steps).
 
-    ``options`` (:class:`SamplerOptions`) defaults to the paper's literal sampler; with
-    ``respace_steps`` use ``variance="analytic"`` (or DDIM): ``fixed_large`` leaves noise in
-    every image when the steps are few (``docs/translation.md``).
+    ``options`` (:class:`SamplerOptions`) defaults to the paper's literal sampler (right for the
+    full chain). With ``respace_steps < n`` they must be given: :func:`toolkit_options` (the
+    toolkit's sampler) or :data:`PAPER` explicitly, whose fixed-large variance leaves noise in
+    every image when the steps are few (``docs/translation.md``); without them this raises
+    ``ValueError``.
     """
+    _check_respaced(n, respace_steps, options)
     if n == 0:
         return x0
     sched, k = translation_schedule(schedule, n, respace_steps)
@@ -355,7 +380,11 @@ def translate(
 
 
 class TranslationPipeline:
-    """diffusers-style pipeline: a noise model plus a schedule; call it to translate a batch."""
+    """diffusers-style pipeline: a noise model plus a schedule; call it to translate a batch.
+
+    ``options``: the sampler (:func:`toolkit_options` for the toolkit's; None = the paper's
+    literal sampler for full chains, and a respaced call then raises, see :func:`translate`).
+    """
 
     def __init__(
         self,
@@ -366,7 +395,7 @@ class TranslationPipeline:
         self.eps_model = eps_model
         self.eps_fn = as_eps_fn(eps_model)
         self.schedule = schedule if schedule is not None else DDPMSchedule()
-        self.options = options or PAPER
+        self.options = options
 
     def __call__(
         self,

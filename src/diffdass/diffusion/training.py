@@ -35,7 +35,7 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize, train_transform
 from diffdass.diffusion.moments import EpsMoments, estimate_eps_moments
-from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, reverse
+from diffdass.diffusion.sampler import as_eps_fn, reverse, toolkit_options
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.ema import EMA
 from diffdass.models.unet import build_unet
@@ -182,7 +182,7 @@ def sample_images(
     """``n`` unconditional samples in [-1, 1], ``steps`` respaced ancestral steps with the
     analytic variance and x_0 clipping (the translation sampler, started from pure noise)."""
     sched = schedule.respace(min(steps, schedule.num_timesteps))
-    opts = SamplerOptions(variance="analytic", clip_x0=True, moments=moments)
+    opts = toolkit_options(moments)
     g = torch.Generator().manual_seed(seed)
     out = []
     for s in range(0, n, batch_size):
