@@ -6,22 +6,14 @@ import json
 import re
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from diffdass.cli.main import app
 
-COMMANDS = [
-    "run",
-    "make-benchmark",
-    "prepare",
-    "train-seg",
-    "evaluate",
-    "train-ddpm",
-    "translate",
-    "ptl",
-    "ablate",
-    "models",
-]
+#: every command of the app, read from the app itself
+CLICK_APP = typer.main.get_command(app)
+COMMANDS = sorted(CLICK_APP.commands)
 
 runner = CliRunner()
 
@@ -63,11 +55,24 @@ def test_top_level_help_lists_every_command():
         assert cmd in out, cmd
 
 
+def test_the_command_list_is_the_apps():
+    assert {"run", "ablate", "estimate", "calibrate-guidance", "models"} <= set(COMMANDS)
+
+
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_command_has_help(cmd):
-    res = runner.invoke(app, [cmd, "--help"])
+    """The help shows the command's description and every parameter's help text whole (rich
+    markup would silently eat a bracketed phrase such as "[default: ...]")."""
+    res = runner.invoke(app, [cmd, "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
-    assert "Usage:" in _plain(res.output)
+    out = _plain(res.output)
+    assert "Usage:" in out
+    command = CLICK_APP.commands[cmd]
+    assert command.help and " ".join(command.help.split("\n\n")[0].split()) in out
+    for param in command.params:
+        text = getattr(param, "help", None)
+        if text:
+            assert " ".join(text.split()) in out, (cmd, param.name, text)
 
 
 def test_models_lists_architectures_and_unets():

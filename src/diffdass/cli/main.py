@@ -99,7 +99,7 @@ def prepare(
     dataset: Annotated[str, typer.Argument(help="gta5 | synthia | cityscapes")],
     root: Annotated[Path, typer.Argument(help="Root of the dataset as downloaded (see README).")],
     out: Annotated[
-        Path | None, typer.Option(help="Output folder-format root [default: ROOT/diffdass].")
+        Path | None, typer.Option(help="Output folder-format root (default: ROOT/diffdass).")
     ] = None,
     on_error: Annotated[
         str, typer.Option(help="raise | skip (log and skip bad samples).")
