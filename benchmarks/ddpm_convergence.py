@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
+from diffdass.adaptation.ddpm_training import estimate_moments, load_ddpm, sample_images
 from diffdass.adaptation.stage_metrics import stack_images
 from diffdass.data.folder import FolderDataset
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
-from diffdass.diffusion.training import estimate_moments, load_ddpm, sample_images
 from diffdass.evaluation.distance import image_set_distance
 
 

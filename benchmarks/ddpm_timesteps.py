@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
+from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
 from diffdass.adaptation.stage_metrics import stack_images
 from diffdass.data.folder import FolderDataset
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, reverse
 from diffdass.diffusion.schedule import DDPMSchedule
-from diffdass.diffusion.training import ddpm_moments, load_ddpm
 from diffdass.evaluation.distance import image_set_distance
 
 TIMESTEPS = (999, 950, 900, 800, 700, 500, 300, 100)

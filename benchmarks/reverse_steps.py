@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
 from diffdass.adaptation.stage_metrics import oracle_consistency, stack_images, translate_images
 from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig
 from diffdass.data.folder import FolderDataset
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
-from diffdass.diffusion.training import ddpm_moments, load_ddpm
 from diffdass.evaluation.distance import image_set_distance
 from diffdass.models.checkpoint import load_segmenter
 from diffdass.utils.config import from_dict

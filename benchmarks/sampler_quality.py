@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from diffdass.adaptation.adabn import adabn
+from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm, sample_images
 from diffdass.data.folder import FolderDataset
 from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
-from diffdass.diffusion.training import ddpm_moments, load_ddpm, sample_images
 from diffdass.evaluation.distance import image_set_distance
 
 

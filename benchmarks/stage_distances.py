@@ -143,9 +143,9 @@ def main() -> None:
     ddpm_path = None if args.skip_ddpm else find_ddpm(args.run, args.ddpm)
     unet = schedule = size = opts = None
     if ddpm_path is not None:
+        from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
         from diffdass.adaptation.translation import SamplerConfig
         from diffdass.diffusion.schedule import DDPMSchedule
-        from diffdass.diffusion.training import ddpm_moments, load_ddpm
         from diffdass.utils.config import ConfigError
 
         unet, meta = load_ddpm(ddpm_path, device)

@@ -14,8 +14,9 @@ import torch
 from diffdass.adaptation.cicld import CICLDTrainer
 from diffdass.adaptation.dacs import DACSConfig, DACSTrainer, train_dacs
 from diffdass.adaptation.seg_training import SegTrainer
-from diffdass.cli.pipeline import PipelineConfig, _fill, run_pipeline
 from diffdass.data.folder import DomainSpec
+from diffdass.pipeline.config import PipelineConfig, fill_config
+from diffdass.pipeline.stages import run_pipeline
 from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors
 
@@ -114,7 +115,7 @@ def _weights_equal(a: Path, b: Path) -> None:
 
 # ------------------------------------------------------------------ the pipeline
 def test_cicld_pipeline_end_to_end(cicld_run):
-    from diffdass.cli.main import summary_lines
+    from diffdass.pipeline.summary import summary_lines
 
     out, summary = cicld_run
     assert list(summary["miou"]) == ["source_only", "adabn", "cicld", "dacs", "oracle"]
@@ -238,17 +239,17 @@ def test_cicld_sizes_are_checked_before_any_stage(tmp_path):
 
 def test_adding_a_cicld_section_to_a_finished_run_is_accepted(tmp_path):
     """A section whose stage has not started may change: a run without CICLD extends."""
-    from diffdass.cli.pipeline import PIPELINE_ARTIFACTS, _unstarted_sections
+    from diffdass.pipeline.stages import PIPELINE_ARTIFACTS, _unstarted_sections
     from diffdass.utils.run import RunDir
 
     out = tmp_path / "run"
-    plain = _fill(tiny_config(out, cicld=None, dacs=None))
+    plain = fill_config(tiny_config(out, cicld=None, dacs=None))
     run = RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).open(plain)
     run.start()
     run.close()
     (out / "source_only" / "checkpoints").mkdir(parents=True)
     (out / "source_only" / "checkpoints" / "last.safetensors").write_bytes(b"x")
-    full = _fill(tiny_config(out))
+    full = fill_config(tiny_config(out))
     RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).check(full, allow=_unstarted_sections(out))
     # the run goes on with both sections and DACS starts: CICLD's settings may still
     # change, DACS's may not
@@ -260,9 +261,9 @@ def test_adding_a_cicld_section_to_a_finished_run_is_accepted(tmp_path):
     (out / "dacs" / "checkpoints").mkdir(parents=True)
     (out / "dacs" / "checkpoints" / "last.safetensors").write_bytes(b"x")
     allow = _unstarted_sections(out)
-    changed = _fill(tiny_config(out, **{"cicld.iterations": 5}))
+    changed = fill_config(tiny_config(out, **{"cicld.iterations": 5}))
     RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).check(changed, allow=allow)
-    changed = _fill(tiny_config(out, **{"dacs.iterations": 6}))
+    changed = fill_config(tiny_config(out, **{"dacs.iterations": 6}))
     with pytest.raises(ConfigError, match="dacs.iterations: 4 -> 6"):
         RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).check(changed, allow=allow)
 
@@ -371,7 +372,7 @@ def test_dacs_init_must_fit(tmp_path):
 
 # ------------------------------------------------------------------ ablation rows
 def test_cicld_ablation_rows_override_the_cicld_section(tmp_path):
-    from diffdass.cli.ablate import (
+    from diffdass.pipeline.ablate import (
         CICLD_FULL,
         ROWS,
         Row,
@@ -381,7 +382,7 @@ def test_cicld_ablation_rows_override_the_cicld_section(tmp_path):
         select_rows,
     )
 
-    cfg = _fill(tiny_config(tmp_path / "run"))
+    cfg = fill_config(tiny_config(tmp_path / "run"))
     t1 = select_rows(["cicld_table1"])
     assert [r.paper for r in t1] == ["58.3", "69.3", "68.4", "74.4"]
     got = {}
@@ -419,7 +420,7 @@ def test_cicld_ablation_rows_override_the_cicld_section(tmp_path):
 
 
 def test_cicld_rows_are_compared_with_the_full_cicld():
-    from diffdass.cli.ablate import CICLD_FULL, DACS, FULL, ROWS, format_table, table_rows
+    from diffdass.pipeline.ablate import CICLD_FULL, DACS, FULL, ROWS, format_table, table_rows
 
     a = "cicld_table2: (a) L_cls only"
     results = {
@@ -437,7 +438,7 @@ def test_cicld_rows_are_compared_with_the_full_cicld():
 def test_cicld_ablation_runs_rows_on_the_shared_stages(cicld_run, tmp_path):
     """`ablate --rows cicld_table2` on a finished run: the full CICLD is the run's own stage,
     the other two rows train in the ablation folder."""
-    from diffdass.cli.ablate import DACS, run_ablation
+    from diffdass.pipeline.ablate import DACS, run_ablation
 
     run_out, summary = cicld_run
     md = run_ablation(
@@ -461,14 +462,18 @@ def test_cicld_ablation_runs_rows_on_the_shared_stages(cicld_run, tmp_path):
 
 # ------------------------------------------------------------------ shipped configs
 def test_cicld_configs_load_with_the_papers_settings():
-    bench = _fill(load_config(PipelineConfig, CONFIGS / "cicld_benchmark.yaml", validate=False))
+    bench = fill_config(
+        load_config(PipelineConfig, CONFIGS / "cicld_benchmark.yaml", validate=False)
+    )
     assert bench.ptl is None and bench.benchmark.enabled and bench.oracle is not None
     assert bench.cicld.model.total_downsample() == 8 and bench.dacs.model.arch == "unet_small"
-    from diffdass.cli.pipeline import check_config
+    from diffdass.pipeline.config import check_config
 
     check_config(bench)
     for name, iters, sets in (("gta5", 624150, ["19"]), ("synthia", 235000, ["16", "13"])):
-        cfg = _fill(load_config(PipelineConfig, CONFIGS / f"cicld_{name}.yaml", validate=False))
+        cfg = fill_config(
+            load_config(PipelineConfig, CONFIGS / f"cicld_{name}.yaml", validate=False)
+        )
         check_config(cfg)
         c = cfg.cicld
         assert (c.lr, c.batch_size, c.ema_decay, c.adv) == (6e-5, 2, 0.999, "3class")

@@ -190,7 +190,7 @@ def test_ablation_results_merge_keeps_rows_of_concurrent_jobs(tmp_path):
     """Two ``diffdass ablate`` jobs on one folder: each merge keeps the other's rows."""
     import multiprocessing as mp
 
-    from diffdass.cli.ablate import _merge_results
+    from diffdass.pipeline.ablate import _merge_results
 
     path = tmp_path / "ablation.json"
     # job A and job B start from the same (empty) file, each then records its own rows
@@ -221,7 +221,7 @@ def test_ablation_results_merge_keeps_rows_of_concurrent_jobs(tmp_path):
 def _merge_one(path: str, i: int) -> None:
     from pathlib import Path
 
-    from diffdass.cli.ablate import _merge_results
+    from diffdass.pipeline.ablate import _merge_results
 
     for _ in range(20):
         _merge_results(Path(path), {"2": {f"row {i}": float(i)}})

@@ -96,7 +96,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 def test_shipped_configs_load_and_validate():
     from pathlib import Path
 
-    from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig, _fill
+    from diffdass.pipeline.config import DEFAULT_CONFIG, PipelineConfig, fill_config
 
     files = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
     paper = [f for f in files if "_cityscapes_" in f.name]
@@ -110,7 +110,7 @@ def test_shipped_configs_load_and_validate():
         "custom_small.yaml",
     ]
     for f in [*files, DEFAULT_CONFIG]:
-        cfg = _fill(load_config(PipelineConfig, f, validate=False))
+        cfg = fill_config(load_config(PipelineConfig, f, validate=False))
         if f in paper:
             # the paper's settings
             assert cfg.ptl.n_max == 600 and cfg.ptl.iterations_per_domain == 300

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from diffdass.adaptation.ddpm_training import TrainDDPMConfig, preflight
 from diffdass.adaptation.ptl import PTLConfig
 from diffdass.adaptation.seg_training import TrainSegConfig
 from diffdass.adaptation.translation import GuidanceConfig, TranslateConfig
-from diffdass.diffusion.training import TrainDDPMConfig, preflight
 from diffdass.utils.config import ConfigError, validate_tree
 
 

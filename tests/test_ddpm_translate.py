@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from diffdass.adaptation.ddpm_training import TrainDDPMConfig, load_ddpm, train_ddpm
 from diffdass.adaptation.translation import TranslateConfig, translate_dataset
-from diffdass.diffusion.training import TrainDDPMConfig, load_ddpm, train_ddpm
 from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors
 
@@ -59,7 +59,7 @@ def test_ddpm_loss_decreases_and_samples(bench, tmp_path):
 
 
 def test_ddpm_resume_equals_uninterrupted(bench, tmp_path, monkeypatch):
-    from diffdass.diffusion import training
+    from diffdass.adaptation import ddpm_training as training
 
     train_ddpm(_cfg(bench), tmp_path / "full", progress=False)
     orig = training.DDPMSchedule.training_loss

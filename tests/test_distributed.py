@@ -31,11 +31,11 @@ import numpy as np
 import pytest
 import torch
 
+from diffdass.adaptation.ddpm_training import TrainDDPMConfig, train_ddpm
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.adaptation.translation import TranslateConfig, translate_dataset
 from diffdass.data.folder import FolderDataset
-from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
 from diffdass.evaluation.evaluate import evaluate
 from diffdass.models.checkpoint import load_segmenter
 from diffdass.utils import distributed as dist
@@ -55,7 +55,7 @@ WORKER = textwrap.dedent(
 
     from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
     from diffdass.data.folder import FolderDataset
-    from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
+    from diffdass.adaptation.ddpm_training import TrainDDPMConfig, train_ddpm
     from diffdass.evaluation.evaluate import evaluate
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils import distributed as dist

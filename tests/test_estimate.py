@@ -11,8 +11,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from diffdass.cli import estimate as est
 from diffdass.cli.main import app
+from diffdass.pipeline import estimate as est
 
 FAKE = {
     "source_only": 0.5,

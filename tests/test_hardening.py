@@ -14,11 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 from diffdass.adaptation.seg_training import TrainSegConfig, pretrained_arg, train_segmenter
-from diffdass.cli.common import build_config
 from diffdass.cli.main import app
 from diffdass.models.factory import build_segmenter
 from diffdass.utils.checkpoint import save_checkpoint
-from diffdass.utils.config import ConfigError, load_config, parse_set
+from diffdass.utils.config import ConfigError, build_config, load_config, parse_set
 from diffdass.utils.run import RunDir
 
 from conftest import write_folder_dataset

@@ -11,7 +11,8 @@ import torch
 
 from diffdass.adaptation import seg_training
 from diffdass.adaptation.ptl import PTLConfig, run_ptl
-from diffdass.cli.pipeline import PipelineConfig, _fill, run_pipeline
+from diffdass.pipeline.config import PipelineConfig, fill_config
+from diffdass.pipeline.stages import run_pipeline
 from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors
 
@@ -134,7 +135,7 @@ def test_pipeline_rerun_reuses_stages(pipeline_run):
 
 
 def _ptl_cfg(pipe_out, **kw) -> PTLConfig:
-    cfg = _fill(tiny_config(pipe_out))
+    cfg = fill_config(tiny_config(pipe_out))
     over = {"eval_every": 0, "strip_images": 0, "val": None}
     over.update(kw)
     import dataclasses
@@ -196,7 +197,7 @@ def test_ptl_domain_schedules():
 
 
 def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
-    from diffdass.cli.ablate import ROWS, run_ablation
+    from diffdass.pipeline.ablate import ROWS, run_ablation
 
     pipe_out, _ = pipeline_run
     cfg = tiny_config(tmp_path / "unused", **{"ptl.num_domains": 1, "ptl.eval_every": 0})
@@ -231,7 +232,7 @@ def test_ablation_runner_produces_every_row(pipeline_run, tmp_path):
 def test_ablation_without_table2_still_pairs_rows_with_the_full_method(pipeline_run, tmp_path):
     """`--rows control` alone: the full method (the reused run's PTL stage) is a row of the
     table and the control row gets its paired difference to it."""
-    from diffdass.cli.ablate import run_ablation
+    from diffdass.pipeline.ablate import run_ablation
 
     pipe_out, summary = pipeline_run
     md = run_ablation(
@@ -289,7 +290,7 @@ def test_custom_template_runs_on_folder_datasets(tmp_path):
 
 
 def test_ablation_table_mean_std_and_paired_difference():
-    from diffdass.cli.ablate import FULL, ROWS, format_table, table_rows
+    from diffdass.pipeline.ablate import FULL, ROWS, format_table, table_rows
 
     a = "table2: (a) baseline phi^N, then training"
     results = {
@@ -323,11 +324,11 @@ def test_ablation_table_mean_std_and_paired_difference():
 
 def test_option_rows_are_valid_and_distinct(tmp_path):
     """Every row of the `options` group builds a valid PTL config that trains differently."""
-    from diffdass.cli.ablate import ROWS, Row, row_configs, training_signature
-    from diffdass.cli.pipeline import _fill
+    from diffdass.pipeline.ablate import ROWS, Row, row_configs, training_signature
+    from diffdass.pipeline.config import fill_config
     from diffdass.utils.config import validate_tree
 
-    cfg = _fill(tiny_config(tmp_path / "run"))
+    cfg = fill_config(tiny_config(tmp_path / "run"))
     sigs = {training_signature(*row_configs(cfg, Row("", "", ""), tmp_path))}
     for row in ROWS["options"]:
         ptl_cfg, so = row_configs(cfg, row, tmp_path / "r")
@@ -339,12 +340,12 @@ def test_option_rows_are_valid_and_distinct(tmp_path):
 def test_control_row_has_the_full_methods_budget_without_translation(tmp_path):
     """The control row fine-tunes g_0 as long as the full method, on phi^1 (one reverse step
     from t = 1: the source image plus noise of std 0.01), unguided."""
-    from diffdass.cli.ablate import ROWS, row_configs
-    from diffdass.cli.pipeline import _fill
     from diffdass.diffusion.schedule import DDPMSchedule
+    from diffdass.pipeline.ablate import ROWS, row_configs
+    from diffdass.pipeline.config import fill_config
     from diffdass.utils.config import validate_tree
 
-    cfg = _fill(tiny_config(tmp_path / "run"))
+    cfg = fill_config(tiny_config(tmp_path / "run"))
     (row,) = ROWS["control"]
     ptl_cfg, so = row_configs(cfg, row, tmp_path / "r")
     validate_tree(ptl_cfg)
@@ -396,7 +397,7 @@ def test_joint_batchnorm_mode_runs_one_forward(pipeline_run, tmp_path, monkeypat
 
 
 def test_run_prints_what_it_demonstrates(pipeline_run):
-    from diffdass.cli.main import summary_lines
+    from diffdass.pipeline.summary import summary_lines
 
     _, summary = pipeline_run
     text = "\n".join(summary_lines(summary))
@@ -407,7 +408,7 @@ def test_run_prints_what_it_demonstrates(pipeline_run):
 
 
 def test_run_summary_lines_numbers():
-    from diffdass.cli.main import summary_lines
+    from diffdass.pipeline.summary import summary_lines
 
     summary = {
         "class_set": "19",
@@ -445,7 +446,7 @@ def test_run_summary_lines_numbers():
 def test_run_summary_warns_of_a_weak_oracle():
     """An oracle that cannot learn the target (objects at 0 IoU, or barely above source-only)
     gets one warning line with its per-class IoU; a healthy one gets none."""
-    from diffdass.cli.main import summary_lines, weak_oracle_line
+    from diffdass.pipeline.summary import summary_lines, weak_oracle_line
 
     per = {"background": 94.7, "circle": 13.8, "square": 0.0, "star": 0.0, "ring": None}
     summary = {
@@ -466,7 +467,7 @@ def test_run_summary_warns_of_a_weak_oracle():
 
 
 def test_ablation_row_selection():
-    from diffdass.cli.ablate import ROWS, select_rows
+    from diffdass.pipeline.ablate import ROWS, select_rows
 
     rows = select_rows(["table2", "table3"], only=["table2: (a)", "(f) full"])
     assert [r.name for r in rows] == [ROWS["table2"][0].name, ROWS["table2"][-1].name]
@@ -518,8 +519,7 @@ def test_auto_strength_is_calibrated_without_target_labels(tmp_path):
     fresh folder stops after the calibration with the same result."""
     import yaml
 
-    from diffdass.adaptation.calibration import won_back
-    from diffdass.cli.main import calibration_lines, summary_lines
+    from diffdass.pipeline.summary import calibration_lines, summary_lines
 
     over = {
         "ptl.guidance.scale": "auto",
@@ -547,12 +547,12 @@ def test_auto_strength_is_calibrated_without_target_labels(tmp_path):
     assert (out / "calibration" / "curve.png").is_file()
     assert (out / "calibration" / "translations.png").is_file()
     assert "Guidance strength (calibration)" in (out / "report.html").read_text()
-    lines = calibration_lines(res, won_back)
+    lines = calibration_lines(res)
     assert sum("<- chosen" in line for line in lines) == 1
     # AdaBN on top of g_N, beside the AdaBN baseline, in the summary and the ablation rows
     assert 0 <= summary["miou"]["ptl_adabn"] <= 100
     assert any("g_N + BN - AdaBN" in line for line in summary_lines(summary))
-    from diffdass.cli.ablate import FULL, ON_TOP, run_ablation
+    from diffdass.pipeline.ablate import FULL, ON_TOP, run_ablation
 
     md = run_ablation(
         tiny_config(out, **over),

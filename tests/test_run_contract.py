@@ -106,7 +106,7 @@ def test_failed_translate_attempt_does_not_lock_the_folder(tmp_path):
 
 
 def test_pipeline_checks_every_stage_before_the_first_one(tmp_path, monkeypatch):
-    from diffdass.cli import pipeline
+    from diffdass.pipeline import stages as pipeline
     from test_pipeline import tiny_config
 
     out = tmp_path / "run"
@@ -124,21 +124,22 @@ def test_pipeline_checks_every_stage_before_the_first_one(tmp_path, monkeypatch)
 
 
 def test_pipeline_settings_of_a_stage_not_yet_started_may_change(tmp_path):
-    from diffdass.cli.pipeline import PIPELINE_ARTIFACTS, _fill, _unstarted_sections
+    from diffdass.pipeline.config import fill_config
+    from diffdass.pipeline.stages import PIPELINE_ARTIFACTS, _unstarted_sections
     from diffdass.utils.run import RunDir
     from test_pipeline import tiny_config
 
     out = tmp_path / "run"
-    cfg = _fill(tiny_config(out))
+    cfg = fill_config(tiny_config(out))
     run = RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).open(cfg)
     run.start()
     run.close()
     (out / "source_only" / "checkpoints").mkdir(parents=True)
     (out / "source_only" / "checkpoints" / "last.safetensors").write_bytes(b"x")
     allow = _unstarted_sections(out)
-    ptl_changed = _fill(tiny_config(out, **{"ptl.iterations_per_domain": 5}))
+    ptl_changed = fill_config(tiny_config(out, **{"ptl.iterations_per_domain": 5}))
     RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).check(ptl_changed, allow=allow)
-    so_changed = _fill(tiny_config(out, **{"source_only.optim.lr": 0.5}))
+    so_changed = fill_config(tiny_config(out, **{"source_only.optim.lr": 0.5}))
     with pytest.raises(ConfigError) as e:
         RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS).check(so_changed, allow=allow)
     msg = str(e.value)
@@ -168,7 +169,7 @@ def test_train_seg_refuses_a_changed_iteration_count(tmp_path):
 
 
 def test_ddpm_refuses_to_shrink_a_finished_run(tmp_path):
-    from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
+    from diffdass.adaptation.ddpm_training import TrainDDPMConfig, train_ddpm
 
     root = write_folder_dataset(tmp_path / "ds", n=4, size=(16, 32), labels=False)
     over = {
@@ -276,8 +277,8 @@ def test_scan_is_cached_by_path_size_and_mtime(tmp_path):
 
 
 def test_pipeline_scans_every_split_before_the_first_stage(tmp_path, monkeypatch):
-    from diffdass.cli import pipeline
     from diffdass.data.benchmark import generate_benchmark
+    from diffdass.pipeline import stages as pipeline
     from test_pipeline import tiny_config
 
     data = tmp_path / "data"
@@ -351,7 +352,7 @@ def test_an_interrupt_is_logged_with_the_position_and_how_to_resume(tmp_path, mo
 def test_ptl_settings_the_calibration_does_not_read_may_change_after_it(tmp_path):
     """After the calibration ran (and before PTL), PTL's training settings may still change;
     its guidance and depth settings may not (the calibration read them)."""
-    from diffdass.cli.pipeline import _unstarted_sections
+    from diffdass.pipeline.stages import _unstarted_sections
 
     out = tmp_path / "run"
     (out / "calibration").mkdir(parents=True)

@@ -101,7 +101,7 @@ def test_sigterm_stops_a_stage_like_ctrl_c_and_it_resumes(tiny_dataset, tmp_path
 
 
 def test_a_folder_of_another_command_is_named(tiny_dataset, tmp_path):
-    from diffdass.diffusion.training import TrainDDPMConfig
+    from diffdass.adaptation.ddpm_training import TrainDDPMConfig
 
     folder = tmp_path / "d"
     with RunDir(folder, "train-ddpm").open(TrainDDPMConfig()) as run:

@@ -122,6 +122,7 @@ def calibrate_guidance(
 
     ``guide`` is g_0 (the model that guides PTL's first domain), ``judge`` an independent
     source-only model, ``oracle`` an optional target-trained model (reported, never used)."""
+    from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
     from diffdass.adaptation.stage_metrics import (
         oracle_consistency,
         stack_images,
@@ -130,7 +131,6 @@ def calibrate_guidance(
     from diffdass.data.folder import FolderDataset
     from diffdass.data.transforms import Resize
     from diffdass.diffusion.schedule import DDPMSchedule
-    from diffdass.diffusion.training import ddpm_moments, load_ddpm
     from diffdass.evaluation.distance import image_set_distance
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.progress import Progress

@@ -242,7 +242,7 @@ def preflight(cfg: PTLConfig, checkpoints: bool = True) -> tuple[SplitScan, Spli
             )
     val = scan_split(cfg.val.root, cfg.val.split, "required") if cfg.val and cfg.val.root else None
     if checkpoints:
-        from diffdass.diffusion.training import ddpm_moments, read_ddpm_meta
+        from diffdass.adaptation.ddpm_training import ddpm_moments, read_ddpm_meta
         from diffdass.utils.checkpoint import read_meta
 
         if not Path(cfg.init).is_file():
@@ -298,7 +298,7 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
 
 
 def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
-    from diffdass.diffusion.training import ddpm_moments, load_ddpm
+    from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
     from diffdass.evaluation.evaluate import evaluate
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device

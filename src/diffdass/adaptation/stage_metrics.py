@@ -130,7 +130,7 @@ def measure_stages(
 
     ``judge``: an independent source-only model (the calibration's): its label consistency is
     reported beside the oracle's as ``*_judge_consistency``."""
-    from diffdass.diffusion.training import ddpm_moments, load_ddpm, sample_images
+    from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm, sample_images
     from diffdass.models.checkpoint import load_segmenter
 
     out = Path(out)

@@ -171,7 +171,7 @@ def translate_batch(
     """Translate one batch with ``n`` diffusion steps and guidance (``kind='none'``: phi^n).
 
     ``sampler`` defaults to :class:`SamplerConfig` (analytic variance: needs ``moments``, see
-    :func:`diffdass.diffusion.training.ddpm_moments`)."""
+    :func:`diffdass.adaptation.ddpm_training.ddpm_moments`)."""
     opts = (sampler or SamplerConfig()).options(moments, guidance)
     amp_dtype = torch.bfloat16 if guidance.amp and images.is_cuda else None
     g = build_guidance(
@@ -255,8 +255,8 @@ RESUME_IGNORE = ("limit", "preview")
 def preflight(cfg: TranslateConfig):
     """The config, every file of the source split and the checkpoints, checked before
     anything is written. Returns the scan of the source split."""
+    from diffdass.adaptation.ddpm_training import ddpm_moments, read_ddpm_meta
     from diffdass.data.scan import scan_split
-    from diffdass.diffusion.training import ddpm_moments, read_ddpm_meta
     from diffdass.utils.checkpoint import read_meta
 
     validate_tree(cfg)
@@ -298,7 +298,7 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
 
 
 def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
-    from diffdass.diffusion.training import ddpm_moments, load_ddpm
+    from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
     from diffdass.models.checkpoint import load_segmenter
     from diffdass.utils.device import resolve_device
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from diffdass.utils.config import ConfigError, load_config, parse_set
+from diffdass.utils.config import ConfigError
 
 ConfigOpt = Annotated[
     Path | None,
@@ -26,22 +26,6 @@ SetOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def build_config(
-    cls, config: Path | None, sets: list[str] | None, flags: dict[str, Any], validate: bool = True
-):
-    """defaults < YAML < --set < explicit flags. A key given both as a flag and by ``--set``
-    is an error (one of them would be silently ignored)."""
-    overrides = parse_set(sets)
-    given = {k: v for k, v in flags.items() if v is not None}
-    both = sorted(set(overrides) & set(given))
-    if both:
-        raise ConfigError(
-            f"{', '.join(both)}: given both as an option and with --set; give each key once"
-        )
-    overrides.update(given)
-    return load_config(cls, config, overrides, validate=validate)
 
 
 def error_message(exc: BaseException) -> str:

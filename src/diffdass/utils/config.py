@@ -289,6 +289,23 @@ def load_config(
         raise ConfigError(f"{where}{exc}") from exc
 
 
+def build_config(
+    cls, config: Path | None, sets: list[str] | None, flags: dict[str, Any], validate: bool = True
+):
+    """defaults < YAML < ``sets`` (``--set KEY=VALUE`` strings) < explicit ``flags`` (None:
+    not given). A key given both as a flag and by ``--set``
+    is an error (one of them would be silently ignored)."""
+    overrides = parse_set(sets)
+    given = {k: v for k, v in flags.items() if v is not None}
+    both = sorted(set(overrides) & set(given))
+    if both:
+        raise ConfigError(
+            f"{', '.join(both)}: given both as an option and with --set; give each key once"
+        )
+    overrides.update(given)
+    return load_config(cls, config, overrides, validate=validate)
+
+
 def _deep_update(base: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):

@@ -15,174 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffdass.adaptation.calibration import CalibrationSpec, calibrate_guidance
-from diffdass.adaptation.cicld import CICLDConfig, train_cicld
-from diffdass.adaptation.dacs import DACSConfig, train_dacs
-from diffdass.adaptation.ptl import PTLConfig, run_ptl
+from diffdass.adaptation.calibration import calibrate_guidance
+from diffdass.adaptation.cicld import train_cicld
+from diffdass.adaptation.dacs import train_dacs
+from diffdass.adaptation.ddpm_training import train_ddpm
+from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
-from diffdass.adaptation.stage_metrics import StageMetricsSpec, measure_stages
+from diffdass.adaptation.stage_metrics import measure_stages
 from diffdass.data.folder import DomainSpec
-from diffdass.diffusion.training import TrainDDPMConfig, train_ddpm
-from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.pipeline.config import (
+    EvalSpec,
+    PipelineConfig,
+    check_config,
+    fill_config,
+    scan_data,
+)
+from diffdass.utils.config import ConfigError
 from diffdass.utils.io import read_json, write_json
 from diffdass.utils.run import RunDir
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "benchmark.yaml"
-
-
-@dataclass
-class BenchmarkSpec:
-    """The built-in benchmark; when enabled, it provides source/target/val."""
-
-    enabled: bool = False
-    root: str = ""  # default: <out>/data
-    seed: int = 0
-    height: int = 64
-    width: int = 128
-    n_source: int = 400
-    n_target_train: int = 400
-    n_target_val: int = 100
-
-
-@dataclass
-class EvalSpec:
-    class_sets: list[str] = field(default_factory=lambda: ["19"])
-    input_size: list[int] | None = None  # feed [H, W]; logits upsampled to the label size
-    save_predictions: int = 8
-    # beyond the paper: also score g_N with BatchNorm statistics re-estimated on the unlabeled
-    # target images (AdaBN on top), the like-for-like comparison with the AdaBN baseline
-    adabn_on_top: bool = False
-
-
-@dataclass
-class PipelineConfig:
-    out: str = "runs/benchmark"
-    seed: int = 0
-    device: str = "auto"
-    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
-    source: DomainSpec = field(default_factory=DomainSpec)  # labeled source
-    target: DomainSpec = field(default_factory=DomainSpec)  # unlabeled target (train)
-    val: DomainSpec = field(default_factory=lambda: DomainSpec(split="val"))  # labeled target
-    oracle: DomainSpec | None = None  # labeled target train split for an oracle (scale only)
-    evaluation: EvalSpec = field(default_factory=EvalSpec)
-    source_only: TrainSegConfig = field(default_factory=TrainSegConfig)
-    # the method of Peng et al.: the target DDPM, PTL and the per-stage measurements run
-    # unless ``ptl: null`` (then the ``ddpm`` and ``stage_metrics`` sections are not used)
-    ddpm: TrainDDPMConfig = field(default_factory=TrainDDPMConfig)
-    ptl: PTLConfig | None = field(default_factory=PTLConfig)
-    # how `ptl.guidance.scale: auto` is chosen (judge training and the strength sweep)
-    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
-    stage_metrics: StageMetricsSpec = field(default_factory=StageMetricsSpec)
-    # CICLD (Yu et al.; docs/cicld.md): runs when the section is given (``cicld: {}`` for
-    # the defaults); its source, target, seed, device and on_error come from the pipeline
-    cicld: CICLDConfig | None = None
-    # DACS baseline (adaptation/dacs.py): runs when given; it starts from g_0, so its
-    # ``init`` and ``model`` are the source-only model's, set by the pipeline
-    dacs: DACSConfig | None = None
-
-
-def _fill(cfg: PipelineConfig) -> PipelineConfig:
-    """Propagate the shared data sources, seed and device into every stage config."""
-    out = Path(cfg.out)
-    if cfg.benchmark.enabled:
-        root = Path(cfg.benchmark.root or out / "data")
-        cfg.source = DomainSpec(str(root / "source"), "train")
-        cfg.target = DomainSpec(str(root / "target"), "train")
-        cfg.val = DomainSpec(str(root / "target"), "val")
-        if cfg.oracle is not None:
-            cfg.oracle = DomainSpec(str(root / "target"), "train_oracle")
-    for name in ("source", "target", "val"):
-        if not getattr(cfg, name).root:
-            raise ConfigError(f"{name}.root is required (or enable the built-in benchmark)")
-    g0 = str(out / "source_only" / "checkpoints" / "final.safetensors")
-    cfg.source_only.source = cfg.source
-    cfg.ddpm.target = cfg.target
-    stages = [cfg.source_only]
-    if cfg.ptl is not None:
-        cfg.ptl.source = cfg.source
-        cfg.ptl.val = cfg.val
-        cfg.ptl.class_sets = cfg.evaluation.class_sets
-        cfg.ptl.eval_input_size = cfg.evaluation.input_size
-        cfg.ptl.init = g0
-        cfg.ptl.ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
-        stages += [cfg.ddpm, cfg.ptl]
-    if cfg.cicld is not None:
-        cfg.cicld.source, cfg.cicld.target = cfg.source, cfg.target
-        stages.append(cfg.cicld)
-    if cfg.dacs is not None:  # DACS continues g_0's training: g_0's weights and architecture
-        cfg.dacs.source, cfg.dacs.target = cfg.source, cfg.target
-        cfg.dacs.init = g0
-        cfg.dacs.model = dataclasses.replace(cfg.source_only.model)
-        stages.append(cfg.dacs)
-    for stage in stages:
-        stage.seed = cfg.seed
-        stage.device = cfg.device
-    # the source split is shared: source_only.on_error decides for PTL's, CICLD's and DACS's
-    # reads of it too (the DDPM reads only the target, which always raises)
-    for stage in (cfg.ptl, cfg.cicld, cfg.dacs):
-        if stage is not None:
-            stage.on_error = cfg.source_only.on_error
-    for stage in stages:
-        validate_tree(stage)
-    return cfg
-
-
-def check_config(cfg: PipelineConfig) -> None:
-    """Every stage's settings that need no file, checked before any stage runs (``cfg`` as
-    :func:`_fill` leaves it)."""
-    from diffdass.adaptation.ptl import check_config as check_ptl
-
-    if cfg.ptl is not None:
-        check_ptl(cfg.ptl, allow_auto=True)
-        validate_tree(cfg.calibration)
-        if cfg.ptl.n_max > cfg.ddpm.num_timesteps:
-            raise ConfigError(
-                f"ptl.n_max {cfg.ptl.n_max} exceeds ddpm.num_timesteps {cfg.ddpm.num_timesteps}"
-            )
-    if cfg.evaluation.input_size is not None and (
-        len(cfg.evaluation.input_size) != 2 or min(cfg.evaluation.input_size) <= 0
-    ):
-        raise ConfigError(
-            f"evaluation.input_size: expected [H, W], got {cfg.evaluation.input_size}"
-        )
-    if cfg.cicld is not None:
-        _check_cicld_sizes(cfg)
-
-
-def _check_cicld_sizes(cfg: PipelineConfig) -> None:
-    """The image sizes CICLD will see that the config fixes (training crop/resize, evaluation
-    input size, the built-in benchmark's size) are divisible by its total downsampling."""
-    f = cfg.cicld.model.total_downsample()
-    bench = [cfg.benchmark.height, cfg.benchmark.width] if cfg.benchmark.enabled else None
-    sizes = {
-        "cicld.aug (training)": cfg.cicld.aug.crop or cfg.cicld.aug.resize or bench,
-        "evaluation.input_size": cfg.evaluation.input_size or bench,
-    }
-    for what, size in sizes.items():
-        if size is not None and (size[0] % f or size[1] % f):
-            raise ConfigError(
-                f"{what}: CICLD sees {size[0]}x{size[1]} images, which must be divisible by "
-                f"{f} (autoencoder x UNet downsampling of cicld.model)"
-            )
-
-
-def scan_data(cfg: PipelineConfig) -> dict:
-    """Every split the stages will read, checked up front (diffdass.data.scan)."""
-    from diffdass.data.scan import scan_split
-
-    on_error = cfg.source_only.on_error
-    scans = {
-        "source": scan_split(cfg.source.root, cfg.source.split, "required", on_error),
-        "target": scan_split(cfg.target.root, cfg.target.split, "none"),
-        "val": scan_split(cfg.val.root, cfg.val.split, "required"),
-    }
-    if cfg.oracle is not None:
-        scans["oracle"] = scan_split(cfg.oracle.root, cfg.oracle.split, "required", on_error)
-    return scans
-
 
 #: files that show a pipeline's stage started, and the stages that build on it: a section's
 #: settings may change while neither it nor a stage after it has produced anything
@@ -339,7 +191,7 @@ def run_pipeline(
     checked, so a mistake fails in seconds, not after hours (docs/run_directories.md).
     """
     out = Path(cfg.out)
-    cfg = _fill(cfg)
+    cfg = fill_config(cfg)
     check_config(cfg)
     run = RunDir(out, "run", artifacts=PIPELINE_ARTIFACTS)
     allow = _unstarted_sections(out)

@@ -32,15 +32,9 @@ from pathlib import Path
 from diffdass.adaptation.cicld import train_cicld
 from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import train_segmenter
-from diffdass.cli.pipeline import (
-    PipelineConfig,
-    _fill,
-    adabn_baseline,
-    evaluate_checkpoint,
-    resolved_ptl,
-    run_pipeline,
-)
 from diffdass.evaluation.report import sweep_plot
+from diffdass.pipeline.config import PipelineConfig, fill_config
+from diffdass.pipeline.stages import adabn_baseline, evaluate_checkpoint, resolved_ptl, run_pipeline
 from diffdass.utils.config import ConfigError, from_dict, to_dict
 from diffdass.utils.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -351,7 +345,7 @@ def run_ablation(
             base.benchmark.root = str(out / "data")  # one benchmark for all seeds
         echo(f"[ablate] seed {seed}: shared stages")
         summary = run_pipeline(base, progress=progress, echo=echo)
-        base = _fill(base)
+        base = fill_config(base)
         if base.ptl is not None:  # `scale: auto`: every row starts from the seed's calibration
             base.ptl = resolved_ptl(base, Path(base.out))
         res = results.setdefault(str(seed), {})

@@ -66,8 +66,8 @@ class Row:
 
 def load_pipeline_config(config: Path | None, sets: list[str] | None = None, device=None):
     """The pipeline config (default: the built-in benchmark), not validated against files."""
-    from diffdass.cli.common import build_config
-    from diffdass.cli.pipeline import DEFAULT_CONFIG, PipelineConfig
+    from diffdass.pipeline.config import DEFAULT_CONFIG, PipelineConfig
+    from diffdass.utils.config import build_config
 
     return build_config(
         PipelineConfig, config or DEFAULT_CONFIG, sets, {"device": device}, validate=False
