@@ -145,7 +145,7 @@ def test_cicld_pipeline_end_to_end(cicld_run):
     assert t4["inference_ms_per_image"]["cicld"] > 0
     # the report and the printed lines carry both rows
     html = (out / "report.html").read_text()
-    for name in ("CICLD (EMA student)", "DACS baseline"):
+    for name in ("CICLD: EMA student", "DACS baseline"):
         assert name in html
     for name in ("cicld", "dacs"):
         assert f"<td>{summary['miou'][name]:.1f}</td>" in html

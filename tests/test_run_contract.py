@@ -106,13 +106,14 @@ def test_failed_translate_attempt_does_not_lock_the_folder(tmp_path):
 
 
 def test_pipeline_checks_every_stage_before_the_first_one(tmp_path, monkeypatch):
+    from diffdass.pipeline import methods
     from diffdass.pipeline import stages as pipeline
     from test_pipeline import tiny_config
 
     out = tmp_path / "run"
     bad = tiny_config(out, **{"ptl.aug.crop": None})
     ran = []
-    monkeypatch.setattr(pipeline, "train_segmenter", lambda *a, **k: ran.append(a) or 1 / 0)
+    monkeypatch.setattr(methods, "train_segmenter", lambda *a, **k: ran.append(a) or 1 / 0)
     with pytest.raises(ConfigError, match="ptl.aug"):
         pipeline.run_pipeline(bad, progress=False, echo=lambda *_: None)
     assert ran == []  # source-only never started
@@ -278,6 +279,7 @@ def test_scan_is_cached_by_path_size_and_mtime(tmp_path):
 
 def test_pipeline_scans_every_split_before_the_first_stage(tmp_path, monkeypatch):
     from diffdass.data.benchmark import generate_benchmark
+    from diffdass.pipeline import methods
     from diffdass.pipeline import stages as pipeline
     from test_pipeline import tiny_config
 
@@ -288,7 +290,7 @@ def test_pipeline_scans_every_split_before_the_first_stage(tmp_path, monkeypatch
     bad = sorted((data / "target" / "val" / "images").glob("*.png"))[1]
     _truncate(bad)
     ran = []
-    monkeypatch.setattr(pipeline, "train_segmenter", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(methods, "train_segmenter", lambda *a, **k: ran.append(a))
     cfg = tiny_config(tmp_path / "run", **{"benchmark.root": str(data)})
     with pytest.raises(DataError, match=str(bad)):
         pipeline.run_pipeline(cfg, progress=False, echo=lambda *_: None)

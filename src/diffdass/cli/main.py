@@ -200,7 +200,7 @@ def evaluate(
     """Confusion-matrix mIoU (19/16/13 classes), per-class IoU, colourised predictions."""
     from diffdass.data.scan import scan_split
     from diffdass.evaluation.evaluate import evaluate as run_eval
-    from diffdass.pipeline.stages import load_for_evaluation
+    from diffdass.pipeline.scoring import load_for_evaluation
     from diffdass.utils.device import resolve_device
     from diffdass.utils.io import write_json
 

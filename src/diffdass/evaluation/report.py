@@ -298,31 +298,15 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
     return parts
 
 
-#: the rows of the mIoU table: (folder of the stage, label), in the order they are shown
-MODEL_ROWS = (
-    ("source_only", "source-only g_0"),
-    ("adabn", "AdaBN: g_0 with target BatchNorm statistics (no training)"),
-    ("ptl", "PTL g_N"),
-    ("ptl_adabn", "PTL g_N + target BatchNorm statistics (AdaBN on top)"),
-    ("cicld", "CICLD (EMA student)"),
-    ("dacs", "DACS baseline: g_0 + ClassMix self-training (EMA teacher)"),
-    ("oracle", "target oracle (uses target labels)"),
-)
-#: short names for the per-class series
-SERIES_NAMES = {
-    "source_only": "source-only",
-    "ptl": "PTL g_N",
-    "cicld": "CICLD",
-    "dacs": "DACS",
-    "oracle": "oracle",
-}
-
-
 def write_report(out: str | Path) -> Path:
-    """Write ``out/report.html`` and ``out/report/*.png`` from a pipeline directory."""
+    """Write ``out/report.html`` and ``out/report/*.png`` from a pipeline directory.
+
+    The rows, their order and labels are the ``methods`` of ``out/summary.json`` (written by
+    the pipeline from its method registry); each row's scores are ``out/<key>/eval``."""
     out = Path(out)
     summary = _read(out / "summary.json") or {}
-    evals = {name: _read(out / name / "eval" / "metrics.json") for name, _ in MODEL_ROWS}
+    methods = summary.get("methods") or {}
+    evals = {name: _read(out / name / "eval" / "metrics.json") for name in methods}
     evals = {name: ev for name, ev in evals.items() if ev is not None}
     ev0 = evals.get("source_only")
     ptl = _read(out / "ptl" / "metrics.json") or {}
@@ -340,20 +324,19 @@ def write_report(out: str | Path) -> Path:
         f"<p>Output directory: <code>{html.escape(str(out))}</code>. All numbers are for the "
         "<b>last</b> checkpoint of each stage (no model selection on target val).</p>",
     ]
-    rows = [[label, evals[name]["miou"][key]] for name, label in MODEL_ROWS if name in evals]
+    labels = {name: m["label"] for name, m in methods.items()}
+    rows = [[labels[name], ev["miou"][key]] for name, ev in evals.items()]
     parts += [f"<h2>Target mIoU{html.escape(key)}</h2>", _table(["model", f"mIoU{key} (%)"], rows)]
-    for name, label in MODEL_ROWS:
+    for name, label in labels.items():
         others = {k: v for k, v in evals.get(name, {}).get("miou", {}).items() if k != key}
-        if others and name != "oracle":
+        if others and methods[name]["role"] != "reference":
             parts.append(
                 f"<p>{html.escape(label)}, other class sets: "
                 + ", ".join(f"mIoU{k} {v:.1f}" for k, v in others.items())
                 + "</p>"
             )
     names = list(ev0["per_class_iou"])
-    series = {
-        SERIES_NAMES[name]: evals[name]["per_class_iou"] for name in SERIES_NAMES if name in evals
-    }
+    series = {methods[name]["short"]: ev["per_class_iou"] for name, ev in evals.items()}
     png = _per_class_plot(names, series)
     (png_dir).mkdir(parents=True, exist_ok=True)
     (png_dir / "per_class_iou.png").write_bytes(png)
@@ -412,7 +395,6 @@ def write_report(out: str | Path) -> Path:
     t4 = summary.get("table4")
     if t4:
         train, ms = t4["model_training_seconds"], t4["inference_ms_per_image"]
-        labels = dict(MODEL_ROWS)
         parts += [
             "<h2>Training and inference time (Table 4)</h2>",
             "<p>Training: wall time of the stages that produce each model (g_N needs g_0, "

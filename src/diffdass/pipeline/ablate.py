@@ -34,7 +34,10 @@ from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import train_segmenter
 from diffdass.evaluation.report import sweep_plot
 from diffdass.pipeline.config import PipelineConfig, fill_config
-from diffdass.pipeline.stages import adabn_baseline, evaluate_checkpoint, resolved_ptl, run_pipeline
+from diffdass.pipeline.guidance import resolved_ptl
+from diffdass.pipeline.methods import BY_KEY, display_order
+from diffdass.pipeline.scoring import adabn_baseline, evaluate_checkpoint
+from diffdass.pipeline.stages import run_pipeline
 from diffdass.utils.config import ConfigError, from_dict, to_dict
 from diffdass.utils.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -121,10 +124,10 @@ ROWS: dict[str, list[Row]] = {
         Row("options", "BatchNorm: frozen", "", {"bn": "frozen"}),
     ],
 }
-ADABN = "AdaBN (g_0 with target BN statistics)"
+ADABN = BY_KEY["adabn"].ablation_label
 #: suffix of a row scored with target BatchNorm statistics (evaluation.adabn_on_top)
 ON_TOP = " + AdaBN on top"
-DACS = "DACS baseline (g_0 + ClassMix self-training)"
+DACS = BY_KEY["dacs"].ablation_label
 
 
 #: CICLD Table 1, G->C: (inter-coder connection, conditioning) -> the paper's mIoU
@@ -349,13 +352,9 @@ def run_ablation(
         if base.ptl is not None:  # `scale: auto`: every row starts from the seed's calibration
             base.ptl = resolved_ptl(base, Path(base.out))
         res = results.setdefault(str(seed), {})
-        res["source-only g_0"] = summary["miou"]["source_only"]
-        if "adabn" in summary["miou"]:
-            res[ADABN] = summary["miou"]["adabn"]
-        if "oracle" in summary["miou"]:
-            res["target oracle"] = summary["miou"]["oracle"]
-        if "dacs" in summary["miou"]:
-            res[DACS] = summary["miou"]["dacs"]
+        for key in display_order(summary["miou"]):  # the shared run's rows (registry labels)
+            if BY_KEY[key].ablation_label:
+                res[BY_KEY[key].ablation_label] = summary["miou"][key]
         # each method's full row is the shared run's own stage: always in the table, so that
         # every row gets its paired difference even when the full row's group was not asked
         for method, label in FULL_OF.items():
@@ -429,7 +428,8 @@ FULL = "table2: (f) full"
 CICLD_FULL = "cicld_table1: (d) with inter-coder connection, conditioned"
 #: the row each method's rows are compared with (paired, same seed)
 FULL_OF = {"ptl": FULL, "cicld": CICLD_FULL}
-SHARED = ("source-only g_0", ADABN, DACS, "target oracle")
+#: the rows every seed's shared run provides, in table order
+SHARED = tuple(BY_KEY[k].ablation_label for k in display_order(BY_KEY) if BY_KEY[k].ablation_label)
 
 
 def _sweep_key(label: str) -> tuple[str, float, str]:

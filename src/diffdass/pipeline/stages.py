@@ -13,25 +13,19 @@ model) and the calibration when ``ptl.guidance.scale`` is ``auto``
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
-from diffdass.adaptation.calibration import calibrate_guidance
-from diffdass.adaptation.cicld import train_cicld
-from diffdass.adaptation.dacs import train_dacs
 from diffdass.adaptation.ddpm_training import train_ddpm
-from diffdass.adaptation.ptl import run_ptl
-from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
-from diffdass.adaptation.stage_metrics import measure_stages
-from diffdass.data.folder import DomainSpec
+from diffdass.adaptation.seg_training import train_segmenter
 from diffdass.pipeline.config import (
-    EvalSpec,
     PipelineConfig,
     check_config,
     fill_config,
     scan_data,
 )
+from diffdass.pipeline.guidance import calibrate, calibration_summary, judge_config, stage_metrics
+from diffdass.pipeline.methods import BY_KEY, METHODS, Context, describe, display_order
 from diffdass.utils.config import ConfigError
 from diffdass.utils.io import read_json, write_json
 from diffdass.utils.run import RunDir
@@ -97,86 +91,6 @@ def _unstarted_sections(out: Path):
     return allow
 
 
-def load_for_evaluation(ckpt: Path, device):
-    """The inference model of a checkpoint: a CICLD model (:func:`load_cicld`) or a plain
-    segmenter (:func:`load_segmenter`), told apart by the ``arch`` of its metadata."""
-    from diffdass.models.checkpoint import load_segmenter
-    from diffdass.utils.checkpoint import read_meta
-
-    if read_meta(ckpt).get("arch") == "cicld":
-        from diffdass.adaptation.cicld import load_cicld
-
-        return load_cicld(ckpt, device)[0]
-    return load_segmenter(ckpt, device)[0]
-
-
-def evaluate_checkpoint(ckpt: Path, val: DomainSpec, ev: EvalSpec, out: Path, device: str) -> dict:
-    """Score a segmenter (or CICLD) checkpoint on the labeled target split (cached in
-    out/metrics.json)."""
-    from diffdass.evaluation.evaluate import evaluate
-    from diffdass.utils.device import resolve_device
-
-    mpath = out / "metrics.json"
-    if mpath.is_file() and mpath.stat().st_mtime >= ckpt.stat().st_mtime:
-        return read_json(mpath)
-    dev = resolve_device(device)
-    model = load_for_evaluation(ckpt, dev)
-    from diffdass.data.scan import scan_split
-
-    ds = scan_split(val.root, val.split, "required").dataset()
-    res = evaluate(
-        model,
-        ds,
-        ev.class_sets,
-        dev,
-        ev.input_size,
-        out / "predictions",
-        ev.save_predictions,
-        progress=False,
-    )
-    res |= {
-        "checkpoint": str(ckpt),
-        "checkpoint_kind": "last",
-        "dataset": f"{val.root}:{val.split}",
-    }
-    write_json(mpath, res)
-    return res
-
-
-def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict | None:
-    """AdaBN (no training): g_0 (or any segmenter checkpoint, e.g. g_N for AdaBN on top) with
-    BatchNorm statistics re-estimated on the unlabeled target train images, scored like every
-    other row. Cached: reruns only when the checkpoint changed. None for a segmenter without
-    BatchNorm (nothing to re-estimate)."""
-    import torch
-
-    from diffdass.adaptation.adabn import adabn, batchnorm_layers
-    from diffdass.data.transforms import Resize
-    from diffdass.models.checkpoint import load_segmenter
-    from diffdass.utils.checkpoint import read_meta, save_checkpoint
-    from diffdass.utils.device import resolve_device
-
-    ckpt = out / "checkpoints" / "final.safetensors"
-    if not ckpt.is_file() or ckpt.stat().st_mtime < g0.stat().st_mtime:
-        dev = resolve_device(cfg.device)
-        model, _ = load_segmenter(g0, dev)
-        if not batchnorm_layers(model):
-            echo("AdaBN: the segmenter has no BatchNorm layer; baseline not applicable")
-            return None
-        size = cfg.evaluation.input_size
-        tf = Resize(*size) if size else None
-        from diffdass.data.scan import scan_split
-
-        ds = scan_split(cfg.target.root, cfg.target.split, "none").dataset(tf)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=max(2, cfg.source_only.batch_size), shuffle=False
-        )
-        info = adabn(model, loader, dev)
-        echo(f"AdaBN: {info['layers']} BatchNorm layers re-estimated on {info['images']} images")
-        save_checkpoint(ckpt, {"model": model}, None, read_meta(g0) | {"adabn": info})
-    return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / "eval", cfg.device)
-
-
 def run_pipeline(
     cfg: PipelineConfig, progress: bool = True, echo=print, calibrate_only: bool = False
 ) -> dict:
@@ -237,6 +151,46 @@ def run_pipeline(
         return _run_stages(cfg, out, run, stage, times, progress)
 
 
+def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progress) -> dict:
+    """Every enabled method of the registry in run order, then the stage metrics, the
+    summary and the report; ``stage(name, fn)`` times one stage into ``times``."""
+    ctx = Context(cfg, out, stage, lambda m: run.logger.info(m), progress)
+    results = {}
+    for method in METHODS:
+        if method.enabled(cfg):
+            res = method.run(ctx)
+            if res is not None:  # e.g. AdaBN of a segmenter without BatchNorm
+                results[method.key] = res
+    stage_res = None
+    if cfg.ptl is not None and cfg.stage_metrics.enabled:
+        g0 = ctx.final("source_only")
+        stage_res = stage("stage_metrics", lambda: stage_metrics(cfg, out, g0))
+    rows = {key: results[key] for key in display_order(results)}
+    main_set = next(iter(rows["source_only"]["miou"]))
+    calib = ctx.extras.get("calibration")
+    oracle_res = rows.get("oracle")
+    summary = {
+        "class_set": main_set,
+        "miou": {name: res["miou"][main_set] for name, res in rows.items()},
+        "miou_all_sets": {
+            name: res["miou"] for name, res in rows.items() if BY_KEY[name].role != "reference"
+        },
+        "methods": describe(rows),
+        "checkpoint_kind": "last",
+        "seconds": times,
+        "table4": _table4(times, rows),
+        **({"stage_metrics": stage_res} if stage_res else {}),
+        **({"calibration": calibration_summary(calib)} if calib else {}),
+        **({"oracle_per_class_iou": oracle_res["per_class_iou"]} if oracle_res else {}),
+    }
+    summary_path = out / "summary.json"
+    write_json(summary_path, summary)
+    stage("report", lambda: _report(out, summary))
+    summary["seconds"] = times
+    write_json(summary_path, summary)
+    return summary
+
+
 def _run_calibration(cfg: PipelineConfig, out: Path, stage, progress) -> dict:
     """The stages of ``diffdass calibrate-guidance``."""
     if cfg.ptl is None or cfg.ptl.guidance.kind == "none":
@@ -245,242 +199,20 @@ def _run_calibration(cfg: PipelineConfig, out: Path, stage, progress) -> dict:
     g0 = out / "source_only" / "checkpoints" / "final.safetensors"
     stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
     stage("judge", lambda: train_segmenter(judge_config(cfg), out / "judge", progress))
-    return stage("calibration", lambda: _calibrate(cfg, out, g0, progress))
-
-
-def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progress) -> dict:
-    """The stages after the benchmark; ``stage(name, fn)`` times one into ``times``."""
-    summary_path = out / "summary.json"
-    ev, dev = cfg.evaluation, cfg.device
-    stage("source_only", lambda: train_segmenter(cfg.source_only, out / "source_only", progress))
-    g0 = out / "source_only" / "checkpoints" / "final.safetensors"
-    res0 = stage(
-        "eval_source_only",
-        lambda: evaluate_checkpoint(g0, cfg.val, ev, out / "source_only" / "eval", dev),
-    )
-    res_adabn = stage(
-        "adabn", lambda: adabn_baseline(cfg, g0, out / "adabn", echo=lambda m: run.logger.info(m))
-    )
-    oracle_res = None
-    if cfg.oracle is not None:
-        ocfg = dataclasses.replace(cfg.source_only, source=cfg.oracle)
-        stage("oracle", lambda: train_segmenter(ocfg, out / "oracle", progress))
-        go = out / "oracle" / "checkpoints" / "final.safetensors"
-        oracle_res = stage(
-            "eval_oracle",
-            lambda: evaluate_checkpoint(go, cfg.val, ev, out / "oracle" / "eval", dev),
-        )
-    res_ptl = res_ptl_bn = calib = None
-    if cfg.ptl is not None:
-        stage("ddpm", lambda: train_ddpm(cfg.ddpm, out / "ddpm", progress))
-        if needs_calibration(cfg):
-            stage("judge", lambda: train_segmenter(judge_config(cfg), out / "judge", progress))
-            calib = stage("calibration", lambda: _calibrate(cfg, out, g0, progress))
-        ptl_cfg = resolved_ptl(cfg, out)
-        stage("ptl", lambda: run_ptl(ptl_cfg, out / "ptl", progress))
-        res_ptl = stage("eval_ptl", lambda: _evaluate_stage(cfg, out, "ptl"))
-        if cfg.evaluation.adabn_on_top:
-            gN = out / "ptl" / "checkpoints" / "final.safetensors"
-            res_ptl_bn = stage(
-                "ptl_adabn",
-                lambda: adabn_baseline(
-                    cfg, gN, out / "ptl_adabn", echo=lambda m: run.logger.info(m)
-                ),
-            )
-    res_cicld = None
-    if cfg.cicld is not None:
-        stage("cicld", lambda: train_cicld(cfg.cicld, out / "cicld", progress))
-        res_cicld = stage("eval_cicld", lambda: _evaluate_stage(cfg, out, "cicld"))
-    res_dacs = None
-    if cfg.dacs is not None:
-        stage("dacs", lambda: train_dacs(cfg.dacs, out / "dacs", progress))
-        res_dacs = stage("eval_dacs", lambda: _evaluate_stage(cfg, out, "dacs"))
-    stage_res = None
-    if cfg.ptl is not None and cfg.stage_metrics.enabled:
-        stage_res = stage("stage_metrics", lambda: _stage_metrics(cfg, out, g0))
-    rows = {
-        "source_only": res0,
-        "adabn": res_adabn,
-        "ptl": res_ptl,
-        "ptl_adabn": res_ptl_bn,
-        "cicld": res_cicld,
-        "dacs": res_dacs,
-        "oracle": oracle_res,
-    }
-    rows = {name: res for name, res in rows.items() if res is not None}
-    main_set = next(iter(res0["miou"]))
-    summary = {
-        "class_set": main_set,
-        "miou": {name: res["miou"][main_set] for name, res in rows.items()},
-        "miou_all_sets": {name: res["miou"] for name, res in rows.items() if name != "oracle"},
-        "checkpoint_kind": "last",
-        "seconds": times,
-        "table4": _table4(times, rows),
-        **({"stage_metrics": stage_res} if stage_res else {}),
-        **({"calibration": _calibration_summary(calib)} if calib else {}),
-        **({"oracle_per_class_iou": oracle_res["per_class_iou"]} if oracle_res else {}),
-    }
-    write_json(summary_path, summary)
-    stage("report", lambda: _report(out, summary))
-    summary["seconds"] = times
-    write_json(summary_path, summary)
-    return summary
-
-
-def _evaluate_stage(cfg: PipelineConfig, out: Path, name: str) -> dict:
-    """Score stage ``name``'s final checkpoint on target val into ``out/<name>/eval``."""
-    ckpt = out / name / "checkpoints" / "final.safetensors"
-    return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / name / "eval", cfg.device)
-
-
-def needs_calibration(cfg: PipelineConfig) -> bool:
-    """PTL guides with ``scale: auto``: the run trains a judge and calibrates the strength."""
-    return cfg.ptl is not None and cfg.ptl.guidance.kind != "none" and cfg.ptl.guidance.is_auto
-
-
-def judge_config(cfg: PipelineConfig) -> TrainSegConfig:
-    """The judge: g_0's recipe and data with another seed (``calibration.judge_seed_offset``)
-    and, if set, ``calibration.judge_iterations``; it never guides, so its consistency score
-    of a translation is independent of the guidance."""
-    c = cfg.calibration
-    judge = dataclasses.replace(cfg.source_only, seed=cfg.seed + c.judge_seed_offset)
-    if c.judge_iterations is not None:
-        judge = dataclasses.replace(judge, iterations=c.judge_iterations)
-    return judge
-
-
-def calibration_depth(cfg: PipelineConfig) -> int:
-    """The depth the strength is calibrated at: ``calibration.n``, else the deepest domain."""
-    return cfg.calibration.n or cfg.ptl.levels()[-1]
-
-
-def _calibrate(cfg: PipelineConfig, out: Path, g0: Path, progress: bool) -> dict:
-    """The strength sweep (cached in ``out/calibration``; recomputed when g_0, the judge or
-    the DDPM changed)."""
-    from diffdass.utils.device import resolve_device
-
-    dst = out / "calibration"
-    res_path = dst / "calibration.json"
-    judge = out / "judge" / "checkpoints" / "final.safetensors"
-    ddpm = Path(cfg.ptl.ddpm)
-    newest = max(p.stat().st_mtime for p in (g0, judge, ddpm))
-    if res_path.is_file() and res_path.stat().st_mtime >= newest:
-        return read_json(res_path)
-    oracle = out / "oracle" / "checkpoints" / "final.safetensors"
-    res = calibrate_guidance(
-        source=(cfg.source.root, cfg.source.split),
-        target=(cfg.target.root, cfg.target.split),
-        ddpm=ddpm,
-        guide=g0,
-        judge=judge,
-        oracle=oracle if cfg.oracle is not None and oracle.is_file() else None,
-        guidance=cfg.ptl.guidance,
-        sampler=cfg.ptl.sampler,
-        n=calibration_depth(cfg),
-        respace_steps=cfg.ptl.reverse_steps if cfg.ptl.domains == "spread" else None,
-        spec=cfg.calibration,
-        out=dst,
-        seed=cfg.seed,
-        device=resolve_device(cfg.device),
-        progress=progress,
-    )
-    from diffdass.evaluation.report import calibration_plot
-    from diffdass.utils.io import atomic_write_bytes
-
-    atomic_write_bytes(dst / "curve.png", calibration_plot(res))
-    return res
-
-
-def resolved_ptl(cfg: PipelineConfig, out: Path):
-    """``cfg.ptl`` with ``guidance.scale: auto`` replaced by the calibrated strength (read from
-    ``out/calibration/calibration.json``); unchanged when the scale is a number."""
-    if not needs_calibration(cfg):
-        return cfg.ptl
-    res_path = out / "calibration" / "calibration.json"
-    if not res_path.is_file():
-        raise ConfigError(
-            f"guidance.scale is 'auto' but {res_path} does not exist: run the calibration "
-            "first (`diffdass run` or `diffdass calibrate-guidance` on this config and folder)"
-        )
-    chosen = float(read_json(res_path)["chosen_strength"])
-    guidance = dataclasses.replace(cfg.ptl.guidance, scale=chosen)
-    return dataclasses.replace(cfg.ptl, guidance=guidance)
-
-
-def _calibration_summary(res: dict) -> dict:
-    from diffdass.adaptation.calibration import won_back
-
-    return {
-        "chosen_strength": res["chosen_strength"],
-        "n": res["n"],
-        "won_back_judge": won_back(res, "judge"),
-        "won_back_oracle": won_back(res, "oracle"),
-        "points": res["points"],
-        "source_consistency": res["source_consistency"],
-    }
-
-
-def _stage_metrics(cfg: PipelineConfig, out: Path, g0: Path) -> dict:
-    """DDPM samples and translations along the PTL depths, scored against target val
-    (cached in ``out/stage_metrics``; recomputed when the DDPM or g_0 changed)."""
-    from diffdass.utils.device import resolve_device
-
-    dst = out / "stage_metrics"
-    ddpm = Path(cfg.ptl.ddpm)
-    res_path = dst / "stage_metrics.json"
-    calib = out / "calibration" / "calibration.json"
-    newest = max(p.stat().st_mtime for p in (ddpm, g0, calib) if p.is_file())
-    if res_path.is_file() and res_path.stat().st_mtime >= newest:
-        return read_json(res_path)
-    oracle = out / "oracle" / "checkpoints" / "final.safetensors"
-    judge = out / "judge" / "checkpoints" / "final.safetensors"
-    sm = cfg.stage_metrics
-    return measure_stages(
-        source=(cfg.source.root, cfg.source.split),
-        target_train=(cfg.target.root, cfg.target.split),
-        val=(cfg.val.root, cfg.val.split),
-        ddpm=ddpm,
-        g0=g0,
-        oracle=oracle if cfg.oracle is not None and oracle.is_file() else None,
-        judge=judge if needs_calibration(cfg) and judge.is_file() else None,
-        levels=sm.levels or _spread(cfg.ptl.levels(), 4),
-        respace_steps=cfg.ptl.reverse_steps if cfg.ptl.domains == "spread" else None,
-        guidance=resolved_ptl(cfg, out).guidance,
-        sampler=cfg.ptl.sampler,
-        out=dst,
-        images=sm.images,
-        guided=sm.guided,
-        seed=cfg.seed,
-        device=resolve_device(cfg.device),
-    )
-
-
-def _spread(levels: list[int], k: int) -> list[int]:
-    """Up to ``k`` of ``levels``, evenly spread, the last one included."""
-    idx = {round(i * (len(levels) - 1) / max(k - 1, 1)) for i in range(k)}
-    return [levels[i] for i in sorted(idx)]
-
-
-#: the stages whose wall time trains each model (DACS and PTL continue g_0's training)
-MODEL_STAGES = {
-    "source_only": ("source_only",),
-    "ptl": ("source_only", "ddpm", "ptl"),
-    "cicld": ("cicld",),
-    "dacs": ("source_only", "dacs"),
-}
+    return stage("calibration", lambda: calibrate(cfg, out, g0, progress))
 
 
 def _table4(times: dict[str, float], rows: dict[str, dict]) -> dict:
     """The paper's Table 4 for this run: training time of the stages behind g_N
     (``training_seconds``), and for every trained model its training time and inference
     time per image (batch 1)."""
-    train = {k: times[k] for k in ("source_only", "ddpm", "ptl") if k in times}
-    models = [m for m in MODEL_STAGES if m in rows]
+    train = {k: times[k] for k in BY_KEY["ptl"].trains if k in times}
+    models = [m.key for m in METHODS if m.trains and m.key in rows]
     return {
         "training_seconds": train | {"total": sum(train.values())},
         "inference_ms_per_image": {m: rows[m].get("inference_ms_per_image") for m in models},
         "model_training_seconds": {
-            m: sum(times.get(s, 0.0) for s in MODEL_STAGES[m]) for m in models
+            m: sum(times.get(s, 0.0) for s in BY_KEY[m].trains) for m in models
         },
     }
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from diffdass.adaptation.calibration import won_back
+from diffdass.pipeline.methods import BY_KEY, display_order
 
 
 def calibration_lines(res: dict) -> list[str]:
@@ -31,14 +32,6 @@ def calibration_lines(res: dict) -> list[str]:
                 f"consistency unguided translation loses ({judge})"
             )
     return lines
-
-
-#: the adaptation rows of the printed summary: key -> (label, name in sentences, symbol)
-SUMMARY_METHODS = {
-    "ptl": ("the method: g_N after PTL on guided diffusion translations", "the method", "g_N"),
-    "cicld": ("CICLD: EMA student of the adversarial latent diffusion", "CICLD", "CICLD"),
-    "dacs": ("DACS baseline: g_0 + ClassMix self-training (EMA teacher)", "DACS", "DACS"),
-}
 
 
 #: the oracle is too weak to judge adaptation when it is less than this many points above
@@ -80,43 +73,24 @@ DDPM_CHECK_SHARE = 0.25
 def summary_lines(summary: dict) -> list[str]:
     """What a finished run demonstrates, in a few lines: every row on the same target split."""
     m, cs = summary["miou"], summary["class_set"]
-    lines = [
-        f"target mIoU{cs} on the labeled target split (last checkpoints, no model selection):",
-        f"  source-only g_0 (trained on source labels only)         {m['source_only']:5.1f}",
-    ]
+    lines = [f"target mIoU{cs} on the labeled target split (last checkpoints, no model selection):"]
+    keys = display_order(m)
+    for key in keys:
+        lines.append(f"  {BY_KEY[key].label:<58} {m[key]:5.1f}")
+    compared = [k for k in keys if BY_KEY[k].role == "adaptation"]
+    gap = m["oracle"] - m["source_only"] if "oracle" in m else 0.0
+    if gap > 0:
+        for key in compared:
+            closed = 100 * (m[key] - m["source_only"]) / gap
+            lines.append(
+                f"  {BY_KEY[key].short} closes {closed:.0f}% of the source-only -> oracle gap"
+            )
     if "adabn" in m:
-        lines.append(
-            f"  AdaBN baseline (g_0 + target BatchNorm statistics)        {m['adabn']:5.1f}"
-        )
-    methods = {k: v for k, v in SUMMARY_METHODS.items() if k in m}
-    for key, (label, _, _) in methods.items():
-        lines.append(f"  {label:<58} {m[key]:5.1f}")
-    if "ptl_adabn" in m:
-        lines.append(
-            f"  {'g_N + target BatchNorm statistics (AdaBN on top)':<58} {m['ptl_adabn']:5.1f}"
-        )
-    if "oracle" in m:
-        lines.append(
-            f"  target oracle (reads target labels; an upper bound)       {m['oracle']:5.1f}"
-        )
-        gap = m["oracle"] - m["source_only"]
-        if gap > 0:
-            for key, (_, name, _) in methods.items():
-                closed = 100 * (m[key] - m["source_only"]) / gap
-                lines.append(f"  {name} closes {closed:.0f}% of the source-only -> oracle gap")
-    if "adabn" in m:
-        for key, (_, name, symbol) in methods.items():
-            d = m[key] - m["adabn"]
+        for key in [k for k in keys if BY_KEY[k].role in ("adaptation", "variant")]:
+            method, d = BY_KEY[key], m[key] - m["adabn"]
             verdict = "above" if d > 0 else "not above"
-            lines.append(
-                f"  {symbol} - AdaBN: {d:+.1f} ({name} is {verdict} the AdaBN baseline here)"
-            )
-        if "ptl_adabn" in m:
-            d = m["ptl_adabn"] - m["adabn"]
-            lines.append(
-                f"  g_N + BN - AdaBN: {d:+.1f} (both with target BatchNorm statistics: what PTL "
-                "adds beyond them)"
-            )
+            note = method.versus_adabn or f"{method.short} is {verdict} the AdaBN baseline here"
+            lines.append(f"  {method.symbol} - AdaBN: {d:+.1f} ({note})")
     weak = weak_oracle_line(summary)
     if weak:
         lines.append(weak)
