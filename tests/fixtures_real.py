@@ -1,7 +1,7 @@
 """Tiny, format-faithful copies of the original datasets' layouts (for tests only).
 
 Each writer builds a few 8x16 frames exactly as the originals store them and returns
-``{stem: expected train-id array}`` computed from the tables of ``shared/PROTOCOL.md``,
+``{stem: expected train-id array}`` computed from the datasets' published label tables,
 written out here literally (independent of ``diffdass.data.labels``).
 """
 
@@ -15,18 +15,18 @@ from PIL import Image
 
 H, W = 8, 16
 
-# PROTOCOL.md, "Datasets": GTA5 / Cityscapes label id -> train id.
-PROTOCOL_CITYSCAPES = {
+# GTA5 / Cityscapes label id -> train id (the Cityscapes label table).
+PUBLISHED_CITYSCAPES = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-# PROTOCOL.md: SYNTHIA id -> train id.
-PROTOCOL_SYNTHIA = {
+# SYNTHIA id -> train id (the SYNTHIA-RAND-CITYSCAPES label table).
+PUBLISHED_SYNTHIA = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11,
     17: 12, 8: 13, 19: 15, 12: 17, 11: 18,
 }  # fmt: skip
-PROTOCOL_SET16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18}
-PROTOCOL_SET13 = PROTOCOL_SET16 - {3, 4, 5}  # drops wall, fence, pole
+PUBLISHED_SET16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18}
+PUBLISHED_SET13 = PUBLISHED_SET16 - {3, 4, 5}  # drops wall, fence, pole
 
 # Ids that are not in the tables and must become 255.
 CITYSCAPES_UNMAPPED = (0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34, 255)
@@ -77,7 +77,7 @@ def save_gray_png(path: Path, arr: np.ndarray) -> None:
 
 def make_gta5(root: Path, n: int = 3, label_shapes: dict | None = None) -> dict[str, np.ndarray]:
     """``root/images/0000k.png`` + ``root/labels/0000k.png`` (P-mode, Cityscapes ids)."""
-    values = list(PROTOCOL_CITYSCAPES) + [0, 1, 34]
+    values = list(PUBLISHED_CITYSCAPES) + [0, 1, 34]
     expected = {}
     for k in range(1, n + 1):
         stem = f"{k:05d}"
@@ -85,7 +85,7 @@ def make_gta5(root: Path, n: int = 3, label_shapes: dict | None = None) -> dict[
         raw = raw_ids(values, seed=k, shape=shape)
         save_rgb(root / "images" / f"{stem}.png", rgb_image(k))
         save_palette_png(root / "labels" / f"{stem}.png", raw)
-        expected[stem] = expected_train_ids(raw, PROTOCOL_CITYSCAPES)
+        expected[stem] = expected_train_ids(raw, PUBLISHED_CITYSCAPES)
     return expected
 
 
@@ -103,14 +103,14 @@ def save_synthia_label(path: Path, ids: np.ndarray, seed: int, channels: int = 3
 
 def make_synthia(root: Path, n: int = 3, channels: int = 3) -> dict[str, np.ndarray]:
     """``root/RGB/000000k.png`` + ``root/GT/LABELS/000000k.png`` (16-bit, id in red)."""
-    values = list(PROTOCOL_SYNTHIA) + list(SYNTHIA_UNMAPPED)
+    values = list(PUBLISHED_SYNTHIA) + list(SYNTHIA_UNMAPPED)
     expected = {}
     for k in range(n):
         stem = f"{k:07d}"
         raw = raw_ids(values, seed=k)
         save_rgb(root / "RGB" / f"{stem}.png", rgb_image(k))
         save_synthia_label(root / "GT" / "LABELS" / f"{stem}.png", raw, k, channels)
-        expected[stem] = expected_train_ids(raw, PROTOCOL_SYNTHIA)
+        expected[stem] = expected_train_ids(raw, PUBLISHED_SYNTHIA)
     return expected
 
 
@@ -125,7 +125,7 @@ def make_cityscapes(
     ``variant``: "labelIds", "labelTrainIds" or "both". Returns ``{split: {stem: expected
     train ids, or None where no label was written}}``."""
     splits = splits or {"train": {"aachen": 2, "bochum": 1}, "val": {"frankfurt": 2}}
-    values = list(PROTOCOL_CITYSCAPES) + list(CITYSCAPES_UNMAPPED)
+    values = list(PUBLISHED_CITYSCAPES) + list(CITYSCAPES_UNMAPPED)
     out: dict[str, dict] = {}
     seed = 0
     for split, cities in splits.items():
@@ -141,7 +141,7 @@ def make_cityscapes(
                     out[split][stem] = None
                     continue
                 raw = raw_ids(values, seed=seed)
-                train = expected_train_ids(raw, PROTOCOL_CITYSCAPES)
+                train = expected_train_ids(raw, PUBLISHED_CITYSCAPES)
                 gt = root / "gtFine" / split / city
                 if variant in ("labelIds", "both"):
                     save_gray_png(gt / f"{stem}_gtFine_labelIds.png", raw)

@@ -607,3 +607,41 @@ def test_pinned_tiny_run(pipeline_run):
     for name, loss in PINNED_LOSS.items():
         metrics = json.loads((out / name / "metrics.json").read_text())
         assert metrics["loss_last"] == pytest.approx(loss, rel=1e-5), name
+
+
+def test_ablation_rows_are_data_and_a_user_adds_rows_without_code(tmp_path):
+    from diffdass.pipeline.ablate import ROWS, ROWS_FILE, load_rows, select_rows, with_rows_file
+
+    assert ROWS_FILE.is_file() and load_rows(ROWS_FILE) == ROWS
+    assert [r.name for r in ROWS["table2"]][-1] == "(f) full"
+    assert ROWS["table2"][0].ptl == {"guidance.kind": "none"} and ROWS["table2"][0].single_domain
+    assert {r.method for r in ROWS["cicld_table1"]} == {"cicld"}
+    mine = tmp_path / "rows.yaml"
+    mine.write_text(
+        "my_lr:\n"
+        "  - name: PTL at lr 1e-4\n"
+        "    ptl: {optim.lr: 0.0001}\n"
+        "  - name: no source term\n"
+        "    ptl: {loss_src: false}\n"
+    )
+    table = with_rows_file(mine)
+    rows = select_rows(["table3", "my_lr"], table=table)
+    assert [f"{r.group}: {r.name}" for r in rows][-2:] == [
+        "my_lr: PTL at lr 1e-4",
+        "my_lr: no source term",
+    ]
+    assert rows[-2].ptl == {"optim.lr": 0.0001} and rows[-2].method == "ptl"
+    with pytest.raises(ConfigError, match="unknown ablation group 'my_lr'"):
+        select_rows(["my_lr"])  # only with the file
+    bad = {
+        "table2:\n  - name: x\n": "built in",
+        "g:\n  - name: x\n    ptl_overrides: {a: 1}\n": "unknown keys",
+        "g:\n  - name: x\n  - name: x\n": "already in",
+        "g:\n  - name: x\n    method: dacs\n": "method 'dacs'",
+        "g: []\n": "non-empty list",
+        "g:\n  - name: x\n    ptl: [1]\n": "mapping of dotted keys",
+    }
+    for text, message in bad.items():
+        mine.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            with_rows_file(mine)

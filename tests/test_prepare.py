@@ -26,10 +26,10 @@ from diffdass.data.prepare import prepare_dataset
 
 from fixtures_real import (
     CITYSCAPES_UNMAPPED,
-    PROTOCOL_CITYSCAPES,
-    PROTOCOL_SET13,
-    PROTOCOL_SET16,
-    PROTOCOL_SYNTHIA,
+    PUBLISHED_CITYSCAPES,
+    PUBLISHED_SET13,
+    PUBLISHED_SET16,
+    PUBLISHED_SYNTHIA,
     SYNTHIA_UNMAPPED,
     make_cityscapes,
     make_gta5,
@@ -81,25 +81,25 @@ def check_output(out: Path, split: str, expected: dict[str, np.ndarray | None], 
 
 
 def test_tables_match_protocol():
-    assert CITYSCAPES_ID_TO_TRAINID == PROTOCOL_CITYSCAPES
-    assert GTA5_ID_TO_TRAINID == PROTOCOL_CITYSCAPES
-    assert SYNTHIA_ID_TO_TRAINID == PROTOCOL_SYNTHIA
+    assert CITYSCAPES_ID_TO_TRAINID == PUBLISHED_CITYSCAPES
+    assert GTA5_ID_TO_TRAINID == PUBLISHED_CITYSCAPES
+    assert SYNTHIA_ID_TO_TRAINID == PUBLISHED_SYNTHIA
     assert set(CLASS_SETS["19"]) == set(range(19))
-    assert set(CLASS_SETS["16"]) == PROTOCOL_SET16 == set(SYNTHIA_ID_TO_TRAINID.values())
-    assert set(CLASS_SETS["13"]) == PROTOCOL_SET13
-    dropped = {CITYSCAPES_CLASSES[c] for c in PROTOCOL_SET16 - PROTOCOL_SET13}
+    assert set(CLASS_SETS["16"]) == PUBLISHED_SET16 == set(SYNTHIA_ID_TO_TRAINID.values())
+    assert set(CLASS_SETS["13"]) == PUBLISHED_SET13
+    dropped = {CITYSCAPES_CLASSES[c] for c in PUBLISHED_SET16 - PUBLISHED_SET13}
     assert dropped == {"wall", "fence", "pole"}
-    missing = {CITYSCAPES_CLASSES[c] for c in set(range(19)) - PROTOCOL_SET16}
+    missing = {CITYSCAPES_CLASSES[c] for c in set(range(19)) - PUBLISHED_SET16}
     assert missing == {"terrain", "truck", "train"}
 
 
 def test_to_train_ids_every_entry():
-    for raw_id, train in PROTOCOL_CITYSCAPES.items():
+    for raw_id, train in PUBLISHED_CITYSCAPES.items():
         assert gta5.to_train_ids(np.array([[raw_id]], np.uint8))[0, 0] == train
         assert cityscapes.to_train_ids(np.array([[raw_id]], np.uint8))[0, 0] == train
     for raw_id in CITYSCAPES_UNMAPPED:
         assert gta5.to_train_ids(np.array([[raw_id]], np.uint8))[0, 0] == 255
-    for raw_id, train in PROTOCOL_SYNTHIA.items():
+    for raw_id, train in PUBLISHED_SYNTHIA.items():
         assert synthia.to_train_ids(np.array([[raw_id]], np.uint16))[0, 0] == train
     for raw_id in SYNTHIA_UNMAPPED:
         assert synthia.to_train_ids(np.array([[raw_id]], np.uint16))[0, 0] == 255
@@ -116,7 +116,7 @@ def test_gta5_prepare(tmp_path):
     # the raw label reader returns palette indices, not colours
     raw = gta5.read_raw_label(root / "labels" / "00001.png")
     assert raw.dtype == np.uint8 and raw.shape == (8, 16)
-    assert set(np.unique(raw)) == set(PROTOCOL_CITYSCAPES) | {0, 1, 34}
+    assert set(np.unique(raw)) == set(PUBLISHED_CITYSCAPES) | {0, 1, 34}
 
     summary = run("gta5", root)
     out = root / "diffdass"
@@ -293,14 +293,14 @@ def test_synthia_prepare(tmp_path, channels):
     expected = make_synthia(root, n=3, channels=channels)
     raw = synthia.read_raw_label(root / "GT" / "LABELS" / "0000000.png")
     assert raw.dtype == np.uint16
-    assert set(np.unique(raw)) == set(PROTOCOL_SYNTHIA) | set(SYNTHIA_UNMAPPED)
+    assert set(np.unique(raw)) == set(PUBLISHED_SYNTHIA) | set(SYNTHIA_UNMAPPED)
     summary = run("synthia", root)
     originals = {s: root / "RGB" / f"{s}.png" for s in expected}
     check_output(root / "diffdass", "train", expected, originals)
     s = summary["splits"]["train"]
     for name in ("terrain", "truck", "train"):
         assert s["class_pixels"][name] == 0
-    assert all(s["class_pixels"][CITYSCAPES_CLASSES[c]] > 0 for c in PROTOCOL_SET16)
+    assert all(s["class_pixels"][CITYSCAPES_CLASSES[c]] > 0 for c in PUBLISHED_SET16)
 
 
 def test_synthia_wrong_label_kind(tmp_path):

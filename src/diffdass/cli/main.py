@@ -566,6 +566,13 @@ def ablate(
             " contains one (e.g. 'table2: (a)'); the shared rows always run."
         ),
     ] = "",
+    rows_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A YAML file of row groups of your own (the format of the shipped"
+            " diffdass/configs/ablation_rows.yaml); name its groups in --rows."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Re-run the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5) over seeds.
@@ -594,6 +601,7 @@ def ablate(
         echo=typer.echo,
         reuse_run=reuse_run,
         only=[o.strip() for o in only.split(",") if o.strip()] or None,
+        rows_file=rows_file,
     )
     typer.echo(md.read_text())
 

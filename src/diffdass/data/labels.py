@@ -1,4 +1,4 @@
-"""Class sets, palettes and raw-id -> train-id mappings (see ``shared/PROTOCOL.md``).
+"""Class sets, palettes and raw-id -> train-id mappings (Cityscapes, GTA5, SYNTHIA).
 
 All datasets are converted once (``diffdass prepare``) to *train ids*: 0..18 for the 19
 Cityscapes evaluation classes and 255 for "ignore". SYNTHIA is kept in the same 19-way

@@ -8,7 +8,7 @@ returns a **mean shift** that the sampler adds to ``mu_theta(x_t, t)`` (Eq. 7):
 Sign. The paper's Eq. 7 prints ``+ lambda Sigma grad L``; with L a cross-entropy that would push
 the sample *away* from its label. Classifier guidance (Dhariwal & Nichol) adds
 ``Sigma grad log p(y | x_t)``, i.e. *subtracts* the cross-entropy gradient, and that is what is
-implemented here (see ``PROTOCOL.md``; ``tests/test_diffusion.py`` proves a guided step lowers the
+implemented here (``docs/translation.md``; ``tests/test_diffusion.py`` proves a guided step lowers the
 cross-entropy).
 
 Strength unit (the default). ``reduction="sum"``: the loss of an image is the **sum** of its pixel

@@ -1,7 +1,7 @@
 """Evaluate a segmenter on a labeled split: confusion-matrix mIoU, per-class IoU table,
 colourised predictions.
 
-Protocol (``shared/PROTOCOL.md``): the image may be fed at a reduced ``input_size``
+Protocol (the papers' and the Cityscapes benchmark's): the image may be fed at a reduced ``input_size``
 (Cityscapes: 1024x512), and the logits are upsampled bilinearly to the full label
 resolution before the arg-max. Every metrics file states which checkpoint was scored;
 we always score the *last* checkpoint of a run, never the best one on target val.

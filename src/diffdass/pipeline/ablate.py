@@ -23,7 +23,6 @@ import contextlib
 import copy
 import dataclasses
 import fcntl
-import itertools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from diffdass.pipeline.guidance import resolved_ptl
 from diffdass.pipeline.methods import BY_KEY, display_order
 from diffdass.pipeline.scoring import adabn_baseline, evaluate_checkpoint
 from diffdass.pipeline.stages import run_pipeline
-from diffdass.utils.config import ConfigError, from_dict, to_dict
+from diffdass.utils.config import ConfigError, from_dict, load_yaml, to_dict
 from diffdass.utils.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
 
@@ -56,119 +55,66 @@ class Row:
     method: str = "ptl"  # what the row trains: "ptl" or "cicld"
 
 
-ROWS: dict[str, list[Row]] = {
-    "table2": [
-        Row(
-            "table2",
-            "(a) baseline phi^N, then training",
-            "48.3",
-            {"guidance.kind": "none"},
-            single_domain=True,
-        ),
-        Row("table2", "(b) w/o SGG", "55.4", {"guidance.kind": "none"}),
-        Row("table2", "(c) w/o PTL", "58.3", {}, single_domain=True),
-        Row("table2", "(d) w/o LCG (GSG only)", "59.8", {"guidance.kind": "gsg"}),
-        Row("table2", "(e) w/o GSG (LCG only)", "60.5", {"guidance.kind": "lcg"}),
-        Row("table2", "(f) full", "61.9", {}),
-    ],
-    "table3": [
-        Row("table3", "(a) L_ada only", "61.5", {"loss_src": False}),
-        Row("table3", "(b) L_ada + L_src", "61.9", {}),
-    ],
-    "table5": [
-        Row("table5", "(a) LCG/GSG", "61.4", {"guidance.arrangement": "lcg_then_gsg"}),
-        Row("table5", "(b) GSG/LCG", "61.3", {"guidance.arrangement": "gsg_then_lcg"}),
-        Row("table5", "(c) alternate", "61.9", {}),
-        Row("table5", "(d) RandMix", "61.6", {"guidance.arrangement": "random"}),
-    ],
-    "appendix_c": [
-        Row(
-            "appendix_c",
-            "(a) w/o noisy-masked augmentation",
-            "61.7",
-            {"noisy_masked.prob": 0.0},
-            {"noisy_masked.prob": 0.0},
-        ),
-        Row("appendix_c", "(b) with augmentation", "61.9", {}),
-    ],
-    # not in the paper: the same fine-tuning budget with (almost) no translation -- phi^1 is
-    # the source image plus noise of std 0.01, unguided -- separates what the translations add
-    # from what more training of g_0 adds (g_0 is the row's starting point, not a converged model)
-    "control": [
-        Row(
-            "control",
-            "g_0 fine-tuned on source only (phi^1, no guidance)",
-            "",
-            {"guidance.kind": "none", "n_max": 1},
-            single_domain=True,
-        ),
-    ],
-    # beyond the paper: the toolkit's options, each against the full method (same seed)
-    "options": [
-        Row(
-            "options",
-            "paper sampler (fixed_large, no x0 clipping)",
-            "",
-            {"sampler.variance": "fixed_large", "sampler.clip_x0": False},
-        ),
-        Row("options", "paper LCG weighting (per-region mean)", "", {"guidance.reduction": "mean"}),
-        Row("options", "guidance on predicted x0", "", {"guidance.input": "x0"}),
-        Row(
-            "options",
-            "guidance on predicted x0 through the UNet",
-            "",
-            {"guidance.input": "x0_unet"},
-        ),
-        Row("options", "guidance only at t < 100", "", {"guidance.max_t": 99}),
-        Row("options", "BatchNorm: one joint forward", "", {"bn": "joint"}),
-        Row("options", "BatchNorm: frozen", "", {"bn": "frozen"}),
-    ],
-}
+#: the shipped rows (YAML, shipped with the package)
+ROWS_FILE = Path(__file__).resolve().parents[1] / "configs" / "ablation_rows.yaml"
+#: the keys a row of a rows file may have
+ROW_KEYS = ("name", "paper", "method", "ptl", "source_only", "single_domain", "cicld")
+
+
+def load_rows(path: str | Path) -> dict[str, list[Row]]:
+    """The row groups of a rows file (the format of ``configs/ablation_rows.yaml``)."""
+    doc = load_yaml(path)
+    table: dict[str, list[Row]] = {}
+    for group, items in doc.items():
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{path}: group {group!r} must be a non-empty list of rows")
+        for i, item in enumerate(items):
+            where = f"{path}: {group}[{i}]"
+            if not isinstance(item, dict) or "name" not in item:
+                raise ConfigError(f"{where}: a row is a mapping with at least a `name`")
+            unknown = sorted(set(item) - set(ROW_KEYS))
+            if unknown:
+                raise ConfigError(f"{where}: unknown keys {unknown}; a row has {list(ROW_KEYS)}")
+            method = item.get("method", "ptl")
+            if method not in METHODS:
+                raise ConfigError(f"{where}: method {method!r}; choose from {list(METHODS)}")
+            for key in ("ptl", "source_only", "cicld"):
+                if not isinstance(item.get(key, {}), dict):
+                    raise ConfigError(f"{where}: `{key}` must be a mapping of dotted keys")
+            row = Row(
+                str(group),
+                str(item["name"]),
+                str(item.get("paper", "")),
+                ptl=dict(item.get("ptl", {})),
+                source_only=dict(item.get("source_only", {})),
+                single_domain=bool(item.get("single_domain", False)),
+                cicld=dict(item.get("cicld", {})),
+                method=method,
+            )
+            if any(r.name == row.name for r in table.get(group, [])):
+                raise ConfigError(f"{where}: row name {row.name!r} is already in {group!r}")
+            table.setdefault(str(group), []).append(row)
+    return table
+
+
+def with_rows_file(path: str | Path | None) -> dict[str, list[Row]]:
+    """The shipped groups plus a user's rows file (its groups must have new names)."""
+    if path is None:
+        return ROWS
+    extra = load_rows(path)
+    clash = sorted(set(extra) & {*ROWS, "sweep_n", "sweep_lambda"})
+    if clash:
+        raise ConfigError(f"{path}: groups {clash} are built in; give yours other names")
+    return ROWS | extra
+
+
+#: the methods a row can train, each the name of a pipeline section and summary row
+METHODS = ("ptl", "cicld")
+ROWS: dict[str, list[Row]] = load_rows(ROWS_FILE)
 ADABN = BY_KEY["adabn"].ablation_label
 #: suffix of a row scored with target BatchNorm statistics (evaluation.adabn_on_top)
 ON_TOP = " + AdaBN on top"
 DACS = BY_KEY["dacs"].ablation_label
-
-
-#: CICLD Table 1, G->C: (inter-coder connection, conditioning) -> the paper's mIoU
-CICLD_TABLE1_PAPER = {
-    (False, False): "58.3",
-    (False, True): "69.3",
-    (True, False): "68.4",
-    (True, True): "74.4",
-}
-
-
-def cicld_table1_rows() -> list[Row]:
-    """CICLD Table 1: the inter-coder connection x the conditioning (Eq. 5), each on and off,
-    every row stating both switches; the last row (both on) is the full CICLD."""
-    rows = []
-    for letter, (inter, cond) in zip(
-        "abcd", itertools.product((False, True), repeat=2), strict=True
-    ):
-        name = (
-            f"({letter}) {'with' if inter else 'without'} inter-coder connection, "
-            f"{'conditioned' if cond else 'unconditioned'}"
-        )
-        over = {"model.inter_coder": inter, "model.condition": cond}
-        paper = CICLD_TABLE1_PAPER[inter, cond]
-        rows.append(Row("cicld_table1", name, paper, cicld=over, method="cicld"))
-    return rows
-
-
-#: CICLD Table 2 (the rows our code can train; the CL and MMD rows need those losses)
-CICLD_TABLE2 = (
-    ("(a) L_cls only", "42.8", {"adv": "none"}),
-    ("(b) L_cls + 2-class L_adv (fake labels)", "65.7", {"adv": "2class"}),
-    ("(c) L_cls + 3-class L_adv (full)", "74.4", {"adv": "3class"}),
-)
-ROWS["cicld_table1"] = cicld_table1_rows()
-ROWS["cicld_table2"] = [
-    Row("cicld_table2", name, paper, cicld=over, method="cicld")
-    for name, paper, over in CICLD_TABLE2
-]
-#: the methods a row can train, each the name of a pipeline section and summary row
-METHODS = ("ptl", "cicld")
 
 
 def sweep_rows(kind: str, values: list[float]) -> list[Row]:
@@ -290,20 +236,22 @@ def select_rows(
     sweep_n: list[float] | None = None,
     sweep_lambda: list[float] | None = None,
     only: list[str] | None = None,
+    table: dict[str, list[Row]] | None = None,
 ) -> list[Row]:
-    """The rows of ``groups`` (keys of :data:`ROWS`, ``sweep_n``, ``sweep_lambda``), filtered
-    by ``only`` (label fragments, see :func:`run_ablation`)."""
+    """The rows of ``groups`` (keys of ``table``, default :data:`ROWS`, or ``sweep_n``,
+    ``sweep_lambda``), filtered by ``only`` (label fragments, see :func:`run_ablation`)."""
+    table = ROWS if table is None else table
     rows: list[Row] = []
     for g in groups:
-        if g in ROWS:
-            rows += ROWS[g]
+        if g in table:
+            rows += table[g]
         elif g == "sweep_n":
             rows += sweep_rows(g, sweep_n or [])
         elif g == "sweep_lambda":
             rows += sweep_rows(g, sweep_lambda or [])
         else:
             raise ConfigError(
-                f"unknown ablation group {g!r}; choose from {[*ROWS, 'sweep_n', 'sweep_lambda']}"
+                f"unknown ablation group {g!r}; choose from {[*table, 'sweep_n', 'sweep_lambda']}"
             )
     if only:
         rows = [r for r in rows if any(o in f"{r.group}: {r.name}" for o in only)]
@@ -323,6 +271,7 @@ def run_ablation(
     echo=print,
     reuse_run: str | Path | None = None,
     only: list[str] | None = None,
+    rows_file: str | Path | None = None,
 ) -> Path:
     """Run the chosen row groups for every seed and write ``OUT/ablation.md`` and ``.json``.
 
@@ -331,8 +280,11 @@ def run_ablation(
     ``only``: keep the rows whose label ``"group: name"`` contains one of these strings
     (e.g. ``["table2: (a)"]``); the shared rows (source-only, AdaBN, oracle, full method)
     are always there.
+    ``rows_file``: row groups of your own (the format of ``configs/ablation_rows.yaml``),
+    added to the shipped ones.
     """
-    rows = select_rows(groups, sweep_n, sweep_lambda, only)
+    table = with_rows_file(rows_file)
+    rows = select_rows(groups, sweep_n, sweep_lambda, only, table)
     check_methods(cfg, rows)
     out = Path(out)
     results_path = out / "ablation.json"
@@ -389,7 +341,7 @@ def run_ablation(
             results = _merge_results(results_path, results)
             res = results[str(seed)]
         results = _merge_results(results_path, results)
-    md = format_table(results, table_rows(results, rows), cfg.evaluation.class_sets[0])
+    md = format_table(results, table_rows(results, rows, table), cfg.evaluation.class_sets[0])
     atomic_write_text(out / "ablation.md", md)
     png = sweep_plot(results, cfg.evaluation.class_sets[0])
     if png is not None:
@@ -441,11 +393,13 @@ def _sweep_key(label: str) -> tuple[str, float, str]:
         return group, float("inf"), name
 
 
-def table_rows(results: dict, rows: list[Row]) -> list[Row]:
+def table_rows(
+    results: dict, rows: list[Row], table: dict[str, list[Row]] | None = None
+) -> list[Row]:
     """The rows to tabulate: those just run plus every other row already in ``results``
     (earlier invocations with other groups or seeds), in the paper's order."""
     present = {lab for res in results.values() for lab in res}
-    known = [r for group in ROWS.values() for r in group]
+    known = [r for group in (ROWS if table is None else table).values() for r in group]
     out = [r for r in known if r in rows or f"{r.group}: {r.name}" in present]
     labels = {f"{r.group}: {r.name}" for r in out}
     for r in rows:  # sweeps of this call
