@@ -84,3 +84,15 @@ def weight_fingerprint(path: Path) -> tuple[float, float]:
             projection += float((t * direction).sum())
             squares += float((t * t).sum())
     return projection, squares
+
+
+def check_pinned(out: Path, summary: dict, miou: dict, weights: dict, noisy: tuple = ()) -> None:
+    """A tiny run's pinned values: ``miou`` {method: mIoU} (abs. 1e-4; 0.05 for the ``noisy``
+    methods, whose argmax-driven training amplifies float noise) and ``weights`` {stage:
+    (weight_fingerprint, relative tolerance)} of ``out/<stage>/checkpoints/final``."""
+    for name, value in miou.items():
+        tol = 0.05 if name in noisy else 1e-4
+        assert summary["miou"][name] == pytest.approx(value, abs=tol), name
+    for name, (pinned, rel) in weights.items():
+        got = weight_fingerprint(out / name / "checkpoints" / "final.safetensors")
+        assert got == pytest.approx(pinned, rel=rel), name

@@ -120,3 +120,37 @@ def test_shipped_configs_load_and_validate():
             assert cfg.ptl.guidance.is_auto and cfg.ptl.guidance.reduction == "sum"
             assert cfg.source_only.iterations == 20000 and cfg.source_only.optim.lr == 2.5e-4
             assert cfg.ddpm.lr == 2e-5 and cfg.ddpm.batch_size == 4
+
+
+def test_a_config_inherits_its_base(tmp_path):
+    """`base:` loads another file first and merges this file's keys over it, section by
+    section; a cycle or a missing base is a one-line error."""
+    from diffdass.pipeline.config import PipelineConfig
+
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "root.yaml").write_text(
+        "seed: 3\nsource_only: {iterations: 50, batch_size: 4}\ndacs: {iterations: 9}\n"
+    )
+    (tmp_path / "mid.yaml").write_text("base: common/root.yaml\nsource_only: {iterations: 70}\n")
+    (tmp_path / "leaf.yaml").write_text("base: mid.yaml\nout: runs/leaf\ndacs: null\n")
+    cfg = load_config(PipelineConfig, tmp_path / "leaf.yaml", validate=False)
+    assert (cfg.seed, cfg.out) == (3, "runs/leaf")
+    assert (cfg.source_only.iterations, cfg.source_only.batch_size) == (70, 4)
+    assert cfg.dacs is None  # a section set to null in the child is removed
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(PipelineConfig, tmp_path / "a.yaml", validate=False)
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
+        load_config(PipelineConfig, tmp_path / "c.yaml", validate=False)
+
+
+def test_the_paper_configs_are_their_base_plus_a_few_lines():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for f in sorted(configs.glob("*_cityscapes_*.yaml")):
+        settings = [ln for ln in f.read_text().splitlines() if ln and not ln.startswith("#")]
+        assert settings[0] == "base: base/peng2023.yaml", f.name
+        assert len(settings) <= 16, f.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -99,3 +100,40 @@ def test_ptl_crop_larger_than_the_source_images(tiny_dataset, tmp_path):
     cfg.aug.crop = [64, 64]
     with pytest.raises(ConfigError, match=r"aug.crop \[64, 64\] is larger than the source"):
         ptl_preflight(cfg, checkpoints=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shared"),
+    [
+        ("ptl.seed", 5, "`seed`"),
+        ("ptl.init", "/elsewhere/g0.safetensors", "source-only stage"),
+        ("ptl.device", "cuda:3", "`device`"),
+        ("ddpm.target.root", "/data/other_target", "`target`"),
+        ("source_only.seed", 7, "`seed`"),
+        ("ptl.class_sets", ["16"], "evaluation.class_sets"),
+        ("source.root", "/data/my_source", "built-in benchmark"),
+    ],
+)
+def test_keys_the_pipeline_owns_are_refused_not_replaced(tmp_path, key, value, shared):
+    from diffdass.pipeline.config import fill_config
+    from test_pipeline import tiny_config
+
+    with pytest.raises(
+        ConfigError,
+        match=rf"{re.escape(key.rsplit('.root', 1)[0])} is set by the pipeline from .*{re.escape(shared)}",
+    ):
+        fill_config(tiny_config(tmp_path / "run", **{key: value}))
+
+
+def test_a_filled_config_fills_to_itself(tmp_path):
+    """A run's own resolved config (what config.yaml holds) is accepted as it is."""
+    import copy
+
+    from diffdass.pipeline.config import fill_config
+    from test_pipeline import tiny_config
+
+    once = fill_config(tiny_config(tmp_path / "run", **{"seed": 3}))
+    assert once.ptl.seed == 3 and once.ptl.init.endswith(
+        "source_only/checkpoints/final.safetensors"
+    )
+    assert fill_config(copy.deepcopy(once)) == once

@@ -71,48 +71,80 @@ class PipelineConfig:
     dacs: DACSConfig | None = None
 
 
+def _own(obj, attr: str, value, key: str, source: str) -> None:
+    """Set a key the pipeline owns: ``value`` comes from ``source`` (a shared setting). A
+    config that gives the key a different, non-default value is refused, never silently
+    overridden (a config the pipeline filled before, e.g. a run's config.yaml, passes)."""
+    current, default = getattr(obj, attr), getattr(type(obj)(), attr)
+    if current != default and current != value:
+        raise ConfigError(
+            f"{key} is set by the pipeline from {source}; remove it from the config "
+            f"(it says {current!r}, the pipeline would use {value!r})"
+        )
+    setattr(obj, attr, value)
+
+
 def fill_config(cfg: PipelineConfig) -> PipelineConfig:
-    """Propagate the shared data sources, seed and device into every stage config."""
+    """Share the data sources, seed and device with every stage config.
+
+    The keys filled here belong to the pipeline: a stage section that sets one of them to
+    something else is refused with a :class:`ConfigError` naming the shared setting to use.
+    """
     out = Path(cfg.out)
     if cfg.benchmark.enabled:
         root = Path(cfg.benchmark.root or out / "data")
-        cfg.source = DomainSpec(str(root / "source"), "train")
-        cfg.target = DomainSpec(str(root / "target"), "train")
-        cfg.val = DomainSpec(str(root / "target"), "val")
+        bench = "the built-in benchmark (benchmark.enabled)"
+        _own(cfg, "source", DomainSpec(str(root / "source"), "train"), "source", bench)
+        _own(cfg, "target", DomainSpec(str(root / "target"), "train"), "target", bench)
+        _own(cfg, "val", DomainSpec(str(root / "target"), "val"), "val", bench)
         if cfg.oracle is not None:
-            cfg.oracle = DomainSpec(str(root / "target"), "train_oracle")
+            oracle = DomainSpec(str(root / "target"), "train_oracle")
+            if cfg.oracle.root and cfg.oracle != oracle:
+                raise ConfigError(
+                    f"oracle is set by the pipeline from {bench}; write `oracle: "
+                    "{root: '', split: train_oracle}` to train the target oracle"
+                )
+            cfg.oracle = oracle
     for name in ("source", "target", "val"):
         if not getattr(cfg, name).root:
             raise ConfigError(f"{name}.root is required (or enable the built-in benchmark)")
     g0 = str(out / "source_only" / "checkpoints" / "final.safetensors")
-    cfg.source_only.source = cfg.source
-    cfg.ddpm.target = cfg.target
-    stages = [cfg.source_only]
+    _own(cfg.source_only, "source", cfg.source, "source_only.source", "`source`")
+    _own(cfg.ddpm, "target", cfg.target, "ddpm.target", "`target`")
+    stages = {"source_only": cfg.source_only}
     if cfg.ptl is not None:
-        cfg.ptl.source = cfg.source
-        cfg.ptl.val = cfg.val
-        cfg.ptl.class_sets = cfg.evaluation.class_sets
-        cfg.ptl.eval_input_size = cfg.evaluation.input_size
-        cfg.ptl.init = g0
-        cfg.ptl.ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
-        stages += [cfg.ddpm, cfg.ptl]
+        _own(cfg.ptl, "source", cfg.source, "ptl.source", "`source`")
+        _own(cfg.ptl, "val", cfg.val, "ptl.val", "`val`")
+        where = "`evaluation.class_sets`"
+        _own(cfg.ptl, "class_sets", cfg.evaluation.class_sets, "ptl.class_sets", where)
+        where = "`evaluation.input_size`"
+        _own(cfg.ptl, "eval_input_size", cfg.evaluation.input_size, "ptl.eval_input_size", where)
+        _own(cfg.ptl, "init", g0, "ptl.init", "the run's source-only stage (g_0)")
+        ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
+        _own(cfg.ptl, "ddpm", ddpm, "ptl.ddpm", "the run's DDPM stage")
+        stages |= {"ddpm": cfg.ddpm, "ptl": cfg.ptl}
     if cfg.cicld is not None:
-        cfg.cicld.source, cfg.cicld.target = cfg.source, cfg.target
-        stages.append(cfg.cicld)
+        _own(cfg.cicld, "source", cfg.source, "cicld.source", "`source`")
+        _own(cfg.cicld, "target", cfg.target, "cicld.target", "`target`")
+        stages["cicld"] = cfg.cicld
     if cfg.dacs is not None:  # DACS continues g_0's training: g_0's weights and architecture
-        cfg.dacs.source, cfg.dacs.target = cfg.source, cfg.target
-        cfg.dacs.init = g0
-        cfg.dacs.model = dataclasses.replace(cfg.source_only.model)
-        stages.append(cfg.dacs)
-    for stage in stages:
-        stage.seed = cfg.seed
-        stage.device = cfg.device
+        _own(cfg.dacs, "source", cfg.source, "dacs.source", "`source`")
+        _own(cfg.dacs, "target", cfg.target, "dacs.target", "`target`")
+        _own(cfg.dacs, "init", g0, "dacs.init", "the run's source-only stage (g_0)")
+        model = dataclasses.replace(cfg.source_only.model)
+        _own(cfg.dacs, "model", model, "dacs.model", "`source_only.model` (DACS continues g_0)")
+        stages["dacs"] = cfg.dacs
+    for name, stage in stages.items():
+        _own(stage, "seed", cfg.seed, f"{name}.seed", "`seed`")
+        _own(stage, "device", cfg.device, f"{name}.device", "`device`")
     # the source split is shared: source_only.on_error decides for PTL's, CICLD's and DACS's
     # reads of it too (the DDPM reads only the target, which always raises)
-    for stage in (cfg.ptl, cfg.cicld, cfg.dacs):
+    for name in ("ptl", "cicld", "dacs"):
+        stage = getattr(cfg, name)
         if stage is not None:
-            stage.on_error = cfg.source_only.on_error
-    for stage in stages:
+            where = "`source_only.on_error` (the source split is shared)"
+            _own(stage, "on_error", cfg.source_only.on_error, f"{name}.on_error", where)
+    for stage in stages.values():
         validate_tree(stage)
     return cfg
 

@@ -257,6 +257,26 @@ def load_yaml(path: str | Path) -> dict:
     return doc
 
 
+def load_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file with its ``base:`` resolved: ``base: other.yaml`` (relative to this
+    file's folder) loads that file first (itself possibly with a base) and this file's keys
+    are merged over it, section by section; a key set here replaces the base's value (a
+    section set to ``null`` removes it)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise ConfigError(f"{path}: `base` files form a cycle ({chain})")
+    doc = load_yaml(path)
+    base = doc.pop("base", None)
+    if base is None:
+        return doc
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: `base` must be the path of another config file")
+    merged = load_config_yaml(path.parent / base, (*_seen, path))
+    _deep_update(merged, doc)
+    return merged
+
+
 def load_config(
     cls: type[T],
     yaml_path: str | Path | None = None,
@@ -270,7 +290,7 @@ def load_config(
     """
     data: dict = to_dict(cls())
     if yaml_path is not None:
-        doc = load_yaml(yaml_path)
+        doc = load_config_yaml(yaml_path)
         if section is not None:
             doc = doc.get(section, {}) or {}
             if not isinstance(doc, dict):
