@@ -225,3 +225,28 @@ def _merge_one(path: str, i: int) -> None:
 
     for _ in range(20):
         _merge_results(Path(path), {"2": {f"row {i}": float(i)}})
+
+
+def test_run_command_trains_and_prints_what_the_run_demonstrates(tmp_path, one_thread):
+    """`diffdass run CONFIG` end to end on the tiny pipeline of test_pipeline.py: the command
+    wires the pipeline and prints the registry's rows and the report's path."""
+    import yaml
+
+    from test_pipeline import TINY
+
+    nested: dict = {}
+    for key, value in TINY.items():
+        *path, last = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(nested))
+    res = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary["methods"]) == ["source_only", "adabn", "ptl", "oracle"]
+    for key in summary["methods"]:
+        assert f" {summary['miou'][key]:5.1f}\n" in res.output, key
+    assert f"report: {tmp_path / 'run' / 'report.html'}" in res.output
