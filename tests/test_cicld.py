@@ -11,16 +11,15 @@ from tests.conftest import write_folder_dataset
 from diffdass.adaptation.cicld import (
     CICLDConfig,
     CICLDTrainer,
-    classmix,
     discriminator_loss,
     encoder_adversarial_loss,
     fake_label_loss,
     kl_to_uniform,
     lr_factor,
     prediction_entropy,
-    segmentation_loss,
     train_cicld,
 )
+from diffdass.adaptation.mixing import classmix, segmentation_loss
 from diffdass.data.folder import DomainSpec
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.cicld import (

@@ -42,12 +42,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffdass.adaptation.config import AugConfig
-from diffdass.adaptation.seg_training import ce_loss, step_seed
-from diffdass.data.folder import DomainSpec, StreamBatchSampler, StreamDataset, collate_items
-from diffdass.data.scan import scan_split
+from diffdass.adaptation.mixing import (
+    classmix,
+    pixel_jitter,
+    pseudo_labels,
+    scan_domain_pair,
+    segmentation_loss,
+    stream_loader,
+)
+from diffdass.adaptation.seg_training import step_seed
+from diffdass.data.folder import DomainSpec
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.cicld import (
-    IGNORE_INDEX,
     CICLDModelConfig,
     CICLDNet,
     CICLDSegmenter,
@@ -187,60 +193,6 @@ class CICLDConfig:
 
 
 # ===================================================================== losses
-def classmix(
-    x_s: Tensor, y_s: Tensor, x_t: Tensor, y_t: Tensor, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
-    """ClassMix (Olsson et al. 2021) of source into target, per sample.
-
-    For every pair, ``ceil(n / 2)`` of the ``n`` classes present in ``y_s`` (ignore pixels
-    excluded) are drawn without replacement; their pixels are pasted, image and label alike,
-    onto the target image and its (pseudo-)label ``y_t``.
-
-    Returns ``(x_mix, y_mix, mask)``, ``mask`` (B, H, W) bool: the pixels taken from source.
-    """
-    masks = []
-    for i in range(x_s.shape[0]):
-        classes = torch.unique(y_s[i].cpu())
-        classes = classes[classes != IGNORE_INDEX]
-        n = len(classes)
-        pick = classes[torch.randperm(n, generator=generator)[: (n + n % 2) // 2]]
-        masks.append(torch.isin(y_s[i], pick.to(y_s.device)))
-    mask = torch.stack(masks)
-    x_mix = torch.where(mask.unsqueeze(1), x_s, x_t)
-    y_mix = torch.where(mask, y_s, y_t)
-    return x_mix, y_mix, mask
-
-
-def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Eq. 7: pixel cross-entropy (ignore 255); exactly 0 (with a graph) when every pixel is
-    ignored, where ``F.cross_entropy`` would return NaN."""
-    if not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    return ce_loss(logits, labels, IGNORE_INDEX)
-
-
-def pixel_jitter(x: Tensor, strength: float, generator: torch.Generator) -> Tensor:
-    """Per-image brightness shift ``U(-s, s)`` and contrast ``U(1-s, 1+s)`` around the image
-    mean, clamped to ``[-1, 1]``: ClassMix's pixel-level augmentation of the mixed image."""
-    if strength <= 0:
-        return x
-    b = x.shape[0]
-    r = torch.rand((2, b), generator=generator).to(x.device, x.dtype) * 2 - 1
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = (1 + strength * r[0]).view(-1, 1, 1, 1)
-    bright = (strength * r[1]).view(-1, 1, 1, 1)
-    return ((x - mean) * contrast + mean + bright).clamp(-1.0, 1.0)
-
-
-def pseudo_labels(logits: Tensor, threshold: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Arg-max labels of ``logits`` and their softmax confidence; pixels whose confidence is
-    below ``threshold`` get the ignore label."""
-    conf, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-    if threshold > 0:
-        labels = torch.where(conf < threshold, torch.full_like(labels, IGNORE_INDEX), labels)
-    return labels, conf
-
-
 def discriminator_loss(dis: nn.Module, latents: list[Tensor], domains: Tensor) -> Tensor:
     """``f_dis`` side of Eq. 8: cross-entropy of the domain logits against the domain labels
     (source 0, mixed 1, target 2), averaged over the latents of ``latents`` (each (N, ...))."""
@@ -536,26 +488,6 @@ def load_cicld(path: str | Path, device: str | torch.device = "cpu", seed: int =
 
 # ===================================================================== loop
 RESUME_IGNORE = ("num_workers", "checkpoint_every", "device")
-
-
-def stream_loader(ds, batch_size: int, seed: int, start: int, stop: int, workers: int):
-    """Batches ``start .. stop-1`` of the seeded stream of ``ds`` (one process)."""
-    return torch.utils.data.DataLoader(
-        StreamDataset(ds),
-        batch_sampler=StreamBatchSampler(len(ds), batch_size, seed, start, stop),
-        collate_fn=collate_items,
-        num_workers=workers,
-    )
-
-
-def scan_domain_pair(cfg):
-    """Scans of ``cfg.source`` (labeled) and ``cfg.target`` (labels not read), checked to
-    share one class set; shared by the self-training loops (CICLD, DACS)."""
-    src = scan_split(cfg.source.root, cfg.source.split, "required", cfg.on_error)
-    tgt = scan_split(cfg.target.root, cfg.target.split, "none", cfg.on_error)
-    if src.classes.names != tgt.classes.names:
-        raise ConfigError("source and target datasets have different classes.yaml")
-    return src, tgt
 
 
 def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dict:

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from diffdass.adaptation.cicld import (
+from diffdass.adaptation.config import AugConfig, OptimConfig, SegModelConfig
+from diffdass.adaptation.mixing import (
     classmix,
     pixel_jitter,
     pseudo_labels,
@@ -48,7 +49,6 @@ from diffdass.adaptation.cicld import (
     segmentation_loss,
     stream_loader,
 )
-from diffdass.adaptation.config import AugConfig, OptimConfig, SegModelConfig
 from diffdass.adaptation.seg_training import (
     build_optimizer,
     poly_lr,
