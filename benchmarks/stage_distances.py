@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from diffdass.evaluation.distance import image_set_distance, load_images, segmenter_features
+from diffdass.data.images import load_images
+from diffdass.evaluation.distance import image_set_distance, segmenter_features
 
 
 def find_ddpm(run: Path, explicit: Path | None) -> Path | None:

@@ -11,13 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdass.data.folder import DataError
+from diffdass.data.images import iter_image_batches, load_images
 from diffdass.evaluation.distance import (
     extract_patches,
     image_set_distance,
-    iter_image_batches,
     kid,
     laplacian_pyramid,
-    load_images,
     mmd2_unbiased,
     normalize_descriptors,
     polynomial_kernel,
