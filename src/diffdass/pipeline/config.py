@@ -14,6 +14,7 @@ from diffdass.adaptation.ddpm_training import TrainDDPMConfig
 from diffdass.adaptation.ptl import PTLConfig
 from diffdass.adaptation.seg_training import TrainSegConfig
 from diffdass.adaptation.stage_metrics import StageMetricsSpec
+from diffdass.data.benchmark.writer import BenchmarkConfig
 from diffdass.data.folder import DomainSpec
 from diffdass.utils.config import ConfigError, validate_tree
 
@@ -21,17 +22,18 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "benchmark.ya
 
 
 @dataclass
-class BenchmarkSpec:
-    """The built-in benchmark; when enabled, it provides source/target/val."""
+class BenchmarkSpec(BenchmarkConfig):
+    """The built-in benchmark of a run: its seed and sizes (:class:`BenchmarkConfig`), and
+    whether it provides the run's source/target/val (``enabled``) and where (``root``)."""
 
     enabled: bool = False
     root: str = ""  # default: <out>/data
-    seed: int = 0
-    height: int = 64
-    width: int = 128
-    n_source: int = 400
-    n_target_train: int = 400
-    n_target_val: int = 100
+
+    def config(self) -> BenchmarkConfig:
+        """The generator's config (seed and sizes only)."""
+        return BenchmarkConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(BenchmarkConfig)}
+        )
 
 
 @dataclass

@@ -127,21 +127,9 @@ def run_pipeline(
     if cfg.benchmark.enabled:
         from diffdass.data.benchmark import generate_benchmark
 
-        b = cfg.benchmark
-        root = Path(b.root or out / "data")
-        stage(
-            "benchmark",
-            lambda: generate_benchmark(
-                root,
-                seed=b.seed,
-                height=b.height,
-                width=b.width,
-                n_source=b.n_source,
-                n_target_train=b.n_target_train,
-                n_target_val=b.n_target_val,
-                progress=progress,
-            ),
-        )
+        root = Path(cfg.benchmark.root or out / "data")
+        bench = cfg.benchmark.config()
+        stage("benchmark", lambda: generate_benchmark(root, config=bench, progress=progress))
     scan_data(cfg)
     with run.open(cfg, (), allow=allow):
         run.resume_point = "the finished stages and the interrupted stage's last checkpoint"

@@ -51,7 +51,7 @@ SPLITS: dict[str, tuple[int, str, str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class BenchmarkConfig:
     """Size and seed of a generated benchmark (the defaults fit a 2-core CPU in < 30 s).
 
