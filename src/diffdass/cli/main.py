@@ -456,15 +456,6 @@ PipelineDevice = Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]"
 PipelineQuiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
-def pipeline_config(config, sets, out, seed, device):
-    """The pipeline config of a command line: defaults < YAML < --set < flags (the stage
-    configs are validated once the pipeline has filled in the data roots)."""
-    from diffdass.pipeline.config import DEFAULT_CONFIG, PipelineConfig
-
-    flags = {"out": out, "seed": seed, "device": device}
-    return build_config(PipelineConfig, config or DEFAULT_CONFIG, sets, flags, validate=False)
-
-
 @app.command()
 @friendly_errors
 def run(
@@ -484,10 +475,11 @@ def run(
     configs/cicld_benchmark.yaml). Stages whose outputs exist are reused, so re-running
     continues an interrupted job; one process at a time may write an output folder.
     """
+    from diffdass.pipeline.config import load_pipeline_config
     from diffdass.pipeline.stages import run_pipeline
     from diffdass.pipeline.summary import summary_lines
 
-    cfg = pipeline_config(config, sets, out, seed, device)
+    cfg = load_pipeline_config(config, sets, out=out, seed=seed, device=device)
     summary = run_pipeline(cfg, progress=not quiet, echo=typer.echo)
     for line in summary_lines(summary):
         typer.echo(line)
@@ -513,10 +505,11 @@ def calibrate_guidance(
     Writes <out>/calibration/calibration.json and curve.png. `diffdass run` does the same by
     itself when `ptl.guidance.scale: auto`; a later run on the same folder reuses all of it.
     """
+    from diffdass.pipeline.config import load_pipeline_config
     from diffdass.pipeline.stages import run_pipeline
     from diffdass.pipeline.summary import calibration_lines
 
-    cfg = pipeline_config(config, sets, out, seed, device)
+    cfg = load_pipeline_config(config, sets, out=out, seed=seed, device=device)
     res = run_pipeline(cfg, progress=not quiet, echo=typer.echo, calibrate_only=True)
     for line in calibration_lines(res):
         typer.echo(line)
@@ -583,9 +576,9 @@ def ablate(
     tables) are computed once; re-running continues an interrupted ablation.
     """
     from diffdass.pipeline.ablate import run_ablation
-    from diffdass.pipeline.config import DEFAULT_CONFIG, PipelineConfig
+    from diffdass.pipeline.config import load_pipeline_config
 
-    cfg = build_config(PipelineConfig, config or DEFAULT_CONFIG, sets, {}, validate=False)
+    cfg = load_pipeline_config(config, sets)
 
     def nums(s):
         return [float(v) for v in s.split(",") if v.strip()]

@@ -76,8 +76,8 @@ def load_rows(path: str | Path) -> dict[str, list[Row]]:
             if unknown:
                 raise ConfigError(f"{where}: unknown keys {unknown}; a row has {list(ROW_KEYS)}")
             method = item.get("method", "ptl")
-            if method not in METHODS:
-                raise ConfigError(f"{where}: method {method!r}; choose from {list(METHODS)}")
+            if method not in ROW_METHODS:
+                raise ConfigError(f"{where}: method {method!r}; choose from {list(ROW_METHODS)}")
             for key in ("ptl", "source_only", "cicld"):
                 if not isinstance(item.get(key, {}), dict):
                     raise ConfigError(f"{where}: `{key}` must be a mapping of dotted keys")
@@ -109,7 +109,7 @@ def with_rows_file(path: str | Path | None) -> dict[str, list[Row]]:
 
 
 #: the methods a row can train, each the name of a pipeline section and summary row
-METHODS = ("ptl", "cicld")
+ROW_METHODS = ("ptl", "cicld")
 ROWS: dict[str, list[Row]] = load_rows(ROWS_FILE)
 ADABN = BY_KEY["adabn"].ablation_label
 #: suffix of a row scored with target BatchNorm statistics (evaluation.adabn_on_top)
@@ -319,7 +319,7 @@ def run_ablation(
         # method is the shared run's own stage (ptl, cicld)
         done = {
             row_signature(base, Row("", "", "", method=m), seed_dir): summary["miou"][m]
-            for m in METHODS
+            for m in ROW_METHODS
             if getattr(base, m) is not None
         }
         for row in rows:

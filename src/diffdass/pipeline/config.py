@@ -16,7 +16,7 @@ from diffdass.adaptation.seg_training import TrainSegConfig
 from diffdass.adaptation.stage_metrics import StageMetricsSpec
 from diffdass.data.benchmark.writer import BenchmarkConfig
 from diffdass.data.folder import DomainSpec
-from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.utils.config import ConfigError, build_config, validate_tree
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "benchmark.yaml"
 
@@ -71,6 +71,15 @@ class PipelineConfig:
     # DACS baseline (adaptation/dacs.py): runs when given; it starts from g_0, so its
     # ``init`` and ``model`` are the source-only model's, set by the pipeline
     dacs: DACSConfig | None = None
+
+
+def load_pipeline_config(
+    config: str | Path | None, sets: list[str] | None = None, **flags
+) -> PipelineConfig:
+    """A run's config: defaults < YAML (default: the built-in benchmark) < ``--set`` strings
+    < ``flags`` (None: not given). Stage sections are validated by :func:`fill_config`, once
+    the data roots are known."""
+    return build_config(PipelineConfig, config or DEFAULT_CONFIG, sets, flags, validate=False)
 
 
 def _own(obj, attr: str, value, key: str, source: str) -> None:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from diffdass.pipeline.config import load_pipeline_config
+
 ASSUMPTION = (
     "projection for N processes: linear scaling (each process computes 1/N of every global "
     "batch and of the evaluation images at the measured time per sample; communication and "
@@ -62,16 +64,6 @@ class Row:
 
 
 # ------------------------------------------------------------------------- the config
-
-
-def load_pipeline_config(config: Path | None, sets: list[str] | None = None, device=None):
-    """The pipeline config (default: the built-in benchmark), not validated against files."""
-    from diffdass.pipeline.config import DEFAULT_CONFIG, PipelineConfig
-    from diffdass.utils.config import build_config
-
-    return build_config(
-        PipelineConfig, config or DEFAULT_CONFIG, sets, {"device": device}, validate=False
-    )
 
 
 def _image_size(cfg) -> tuple[int, int]:
@@ -434,7 +426,7 @@ def run_estimate(
 
     if processes < 1 or steps < 1:
         raise ConfigError("--processes and --steps must be >= 1")
-    cfg = load_pipeline_config(config, sets, device)
+    cfg = load_pipeline_config(config, sets, device=device)
     dev = resolve_device(cfg.device)
     measured = (measure_fn or measure)(cfg, steps, dev)
     rows = project(cfg, measured, processes)
