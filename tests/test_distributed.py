@@ -177,7 +177,7 @@ def _launch(script, spec_path, nproc: int, timeout: int = 150) -> None:
 
 
 def _history(run) -> list[float]:
-    return [loss for _, loss in read_json(run / "loss_history.json")]
+    return [row["loss"] for row in read_json(run / "loss_history.json")]
 
 
 def _close_weights(a_path, b_path, atol: float) -> float:

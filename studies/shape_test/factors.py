@@ -157,7 +157,7 @@ def run_variant(name: str, cfg: TrainSegConfig, root: Path, out: Path, pair: Pai
         "miou": next(iter(res["miou"].values())),
         "object_miou": statistics.fmean(objects) if objects else None,
         "per_class_iou": per,
-        "final_loss": hist[-1][1] if hist else metrics.get("loss_last"),
+        "final_loss": _loss(hist[-1]) if hist else metrics.get("loss_last"),
         # the wall time of this invocation (a resumed run counts only what it trained)
         "minutes": (time.perf_counter() - t0) / 60,
     }
@@ -206,6 +206,11 @@ def main() -> None:
     rows = [results[n] for n in VARIANTS if n in results]
     atomic_write_text(args.out / "results.md", table(rows, pair))
     print(table(rows, pair))
+
+
+def _loss(row) -> float:
+    """The loss of a history row: a dict, or an ``[it, loss]`` pair of earlier versions."""
+    return row["loss"] if isinstance(row, dict) else row[1]
 
 
 if __name__ == "__main__":

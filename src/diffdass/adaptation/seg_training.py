@@ -20,8 +20,6 @@ processes.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,11 +43,11 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
+from diffdass.training import TrainLoop, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
-from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
@@ -407,42 +405,27 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
         model, cfg.optim, cfg.iterations, device, cfg.seed, cfg.amp, cfg.model.freeze_bn, nm
     )
     meta = segmenter_meta(cfg.model, ds.classes.num_classes, ds.classes.names)
-    last = run.ckpt_dir / "last.safetensors"
-    start = trainer.load(last) if last.is_file() else 0
-    if start > cfg.iterations:  # a run of an older version, which did not record this
-        raise ConfigError(
-            f"{run.path}: has trained {start} iterations, more than iterations={cfg.iterations}; "
-            + ITERATIONS_HINT["iterations"]
-        )
-    if start:
-        run.logger.info("resuming from iteration %d", start)
-        run.resume_point = f"the checkpoint at iteration {start}"
-    run.start()
-    history = _load_history(run.path)[:start]
-    loader = make_loader(ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers)
-    bar = Progress(
-        cfg.iterations,
-        start,
-        "train-seg",
-        enabled=progress,
-        logger=run.logger if main else None,
-        run=run,
-    )
-    t0, seen = time.perf_counter(), 0
-    it = start
-    for it, batch in enumerate(loader, start=start):
+
+    def step(it: int, batch: dict) -> dict:
         ds.note_skipped(batch.get("skipped", ()))  # a worker's skips reach this process
-        stats = trainer.step(it, [(batch["image"], batch["label"])])
-        seen += batch["image"].shape[0] * trainer.world
-        ips = seen / max(time.perf_counter() - t0, 1e-9)
-        history.append((it, stats["loss"]))
-        if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            if main:
-                trainer.save(last, it + 1, meta)
-                _save_history(run.path, history)
-            run.resume_point = f"the checkpoint at iteration {it + 1}"
-        bar.update(1, loss=stats["loss"], lr=stats["lr"], img_s=ips)
-    bar.close()
+        return trainer.step(it, [(batch["image"], batch["label"])])
+
+    loop = TrainLoop(
+        run,
+        "train-seg",
+        cfg.iterations,
+        step,
+        lambda start: make_loader(
+            ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers
+        ),
+        save=lambda path, it: trainer.save(path, it, meta),
+        load=trainer.load,
+        checkpoint_every=cfg.checkpoint_every,
+        progress=progress,
+        images=lambda batch, _: batch["image"].shape[0],
+        resume_hint=ITERATIONS_HINT["iterations"],
+    )
+    history = loop().history
     skipped = ds.skipped
     if trainer.world > 1:
         skipped = list(dict.fromkeys(dist.gather_objects(list(ds.skipped))))
@@ -450,16 +433,11 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
         run.logger.warning("skipped %d bad samples: %s", len(skipped), skipped)
     if main:
         save_checkpoint(final, {"model": trainer.model}, None, meta | {"iteration": cfg.iterations})
-        trainer.save(last, cfg.iterations, meta)
-        _save_history(run.path, history)
-    losses = [loss for _, loss in history]
-    k = max(1, len(losses) // 10)
     metrics = {
         "stage": "train-seg",
         "iterations": cfg.iterations,
         "arch": cfg.model.arch,
-        "loss_first": float(sum(losses[:k]) / k) if losses else math.nan,
-        "loss_last": float(sum(losses[-k:]) / k) if losses else math.nan,
+        **first_last(history, "loss"),
         "skipped_samples": skipped,
         "checkpoint": str(final),
         "device": str(device),
@@ -488,18 +466,3 @@ def pretrained_arg(v: str) -> bool | str:
     if v.lower() in ("imagenet", "true", "yes", "on"):
         return True
     return v
-
-
-def _load_history(path: Path) -> list[tuple[int, float]]:
-    f = path / "loss_history.json"
-    if not f.is_file():
-        return []
-    from diffdass.utils.io import read_json
-
-    return [tuple(x) for x in read_json(f)]
-
-
-def _save_history(path: Path, history) -> None:
-    from diffdass.utils.io import write_json
-
-    write_json(path / "loss_history.json", [list(h) for h in history])

@@ -1,0 +1,6 @@
+"""The one training loop (:class:`~diffdass.training.loop.TrainLoop`): resume, checkpoint,
+history, progress, hooks, several processes and mixed precision, for every training stage."""
+
+from diffdass.training.loop import Hook, LoopResult, TrainLoop, autocast, first_last
+
+__all__ = ["Hook", "LoopResult", "TrainLoop", "autocast", "first_last"]
