@@ -498,7 +498,8 @@ PINNED_WEIGHTS = {  # weight_fingerprint (conftest.py), relative tolerance
     "source_only": ((-100.7073550774701, 7666.168948173419), 1e-5),
     "oracle": ((-96.19558949506175, 7652.8394493642845), 1e-5),
     "cicld": ((16.467044370069967, 953.1685351931286), 2e-3),
-    "dacs": ((-124.15502426071818, 8027.706744804116), 1e-5),
+    # DACS's pseudo-labels (an argmax) amplify float noise: 3.6e-5 between two CPU machines
+    "dacs": ((-124.15502426071818, 8027.706744804116), 2e-4),
 }
 PINNED_CICLD_LAST = {"cls": 5.766630172729492, "dif": 0.9166476130485535, "dis": 1.093384027481079}
 
@@ -511,4 +512,5 @@ def test_pinned_tiny_cicld_run(cicld_run):
     last = json.loads((out / "cicld" / "loss_history.json").read_text())[-1]
     assert {k: last[k] for k in PINNED_CICLD_LAST} == pytest.approx(PINNED_CICLD_LAST, rel=1e-4)
     dacs = json.loads((out / "dacs" / "metrics.json").read_text())
-    assert dacs["loss_last"] == pytest.approx(9.927677154541016, rel=1e-5)
+    # a tiny, fast-diverging run: its loss moves 4e-4 between two CPU machines
+    assert dacs["loss_last"] == pytest.approx(9.927677154541016, rel=1e-3)

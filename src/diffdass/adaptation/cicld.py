@@ -33,7 +33,6 @@ Naming: the paper calls the gradient-trained model the *teacher* and its EMA the
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,11 +61,10 @@ from diffdass.models.cicld import (
 )
 from diffdass.models.ema import EMA
 from diffdass.models.perceptual import build_perceptual
+from diffdass.training import TrainLoop
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, from_dict, to_dict, validate_tree
 from diffdass.utils.device import resolve_device
-from diffdass.utils.io import read_json, write_json
-from diffdass.utils.progress import Progress
 from diffdass.utils.run import RunDir
 
 PHASES = ("ae", "ldm", "adapt")
@@ -513,36 +511,30 @@ def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
     ds_t = tgt.dataset(tf, seed=cfg.seed + 1)
     epoch_its = cfg.epoch_iterations or -(-len(ds_s) // cfg.batch_size)
     trainer = CICLDTrainer(cfg, ds_s.classes.num_classes, device, epoch_its)
-    last = run.ckpt_dir / "last.safetensors"
     total = cfg.total_iterations
-    start = trainer.load(last) if last.is_file() else 0
-    if start:
-        run.logger.info("resuming from iteration %d", start)
-        run.resume_point = f"the checkpoint at iteration {start}"
-    run.start()
-    hist_path = run.path / "loss_history.json"
-    history = (read_json(hist_path) if hist_path.is_file() else [])[:start]
     seed_t = step_seed(cfg.seed, 0, 7)  # the target stream's own permutation seed
-    loaders = zip(  # both streams have stop - start batches
-        stream_loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers),
-        stream_loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers),
-        strict=True,
-    )
-    bar = Progress(total, start, "cicld", enabled=progress, logger=run.logger, run=run)
-    t0 = time.perf_counter()
-    for it, (bs, bt) in enumerate(loaders, start=start):
-        stats = trainer.step(it, bs, bt)
-        history.append({"it": it, **stats})
-        if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total:
-            trainer.save(last, it + 1)
-            write_json(hist_path, history)
-            run.resume_point = f"the checkpoint at iteration {it + 1}"
-        shown = {k: v for k, v in stats.items() if isinstance(v, float)}
-        bar.update(1, **shown)
-    bar.close()
-    trainer.save(last, total)
+
+    def batches(start: int):
+        return zip(  # both streams have total - start batches
+            stream_loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers),
+            stream_loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers),
+            strict=True,
+        )
+
+    result = TrainLoop(
+        run,
+        "cicld",
+        total,
+        lambda it, pair: trainer.step(it, *pair),
+        batches,
+        save=trainer.save,
+        load=trainer.load,
+        checkpoint_every=cfg.checkpoint_every,
+        progress=progress,
+        distributed=False,
+    )()
     trainer.save_final(run.ckpt_dir / "final.safetensors", total)
-    write_json(hist_path, history)
+    history = result.history
     metrics = {
         "stage": "cicld",
         "total_iterations": total,
@@ -550,7 +542,7 @@ def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
         "checkpoint": str(run.ckpt_dir / "final.safetensors"),
         "checkpoint_kind": "last (EMA weights)",
         "device": str(device),
-        "seconds": time.perf_counter() - t0,
+        "seconds": result.seconds,
     }
     run.write_metrics(metrics)
     run.logger.info("done: %s", metrics)

@@ -33,8 +33,6 @@ Reproducibility: batch order and augmentation of iteration ``it`` depend only on
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +59,10 @@ from diffdass.data.folder import DomainSpec
 from diffdass.models.checkpoint import load_segmenter
 from diffdass.models.ema import EMA
 from diffdass.models.factory import build_segmenter
+from diffdass.training import TrainLoop, first_last
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
-from diffdass.utils.io import read_json, write_json
-from diffdass.utils.progress import Progress
 from diffdass.utils.run import RunDir
 
 
@@ -245,53 +242,48 @@ def _train(cfg: DACSConfig, run: RunDir, src, tgt, progress: bool) -> dict:
     final = run.ckpt_dir / "final.safetensors"
     trainer = DACSTrainer(cfg, initial_model(cfg, classes.num_classes), device)
     meta = segmenter_meta(cfg.model, classes.num_classes, classes.names)
-    last = run.ckpt_dir / "last.safetensors"
-    start = trainer.load(last) if last.is_file() else 0
-    if start:
-        run.logger.info("resuming from iteration %d", start)
-        run.resume_point = f"the checkpoint at iteration {start}"
-    run.start()
-    hist_path = run.path / "loss_history.json"
-    history = (read_json(hist_path) if hist_path.is_file() else [])[:start]
     n, w = cfg.iterations, cfg.num_workers
-    loaders = zip(  # both streams have n - start batches; the target has its own order
-        stream_loader(ds_s, cfg.batch_size, cfg.seed, start, n, w),
-        stream_loader(ds_t, cfg.batch_size, step_seed(cfg.seed, 0, 7), start, n, w),
-        strict=True,
-    )
-    bar = Progress(n, start, "dacs", enabled=progress, logger=run.logger, run=run)
-    t0 = time.perf_counter()
-    for it, (bs, bt) in enumerate(loaders, start=start):
+
+    def batches(start: int):
+        return zip(  # both streams have n - start batches; the target has its own order
+            stream_loader(ds_s, cfg.batch_size, cfg.seed, start, n, w),
+            stream_loader(ds_t, cfg.batch_size, step_seed(cfg.seed, 0, 7), start, n, w),
+            strict=True,
+        )
+
+    def step(it: int, pair) -> dict:
+        bs, bt = pair
         ds_s.note_skipped(bs.get("skipped", ()))  # a worker's skips reach this process
-        stats = trainer.step(it, bs, bt)
-        history.append({"it": it, **stats})
-        if (it + 1) % cfg.checkpoint_every == 0 and it + 1 < n:
-            trainer.save(last, it + 1, meta)
-            write_json(hist_path, history)
-            run.resume_point = f"the checkpoint at iteration {it + 1}"
-        bar.update(1, **{k: v for k, v in stats.items() if k != "lr"}, lr=stats["lr"])
-    bar.close()
-    trainer.save(last, n, meta)
+        return trainer.step(it, bs, bt)
+
+    result = TrainLoop(
+        run,
+        "dacs",
+        n,
+        step,
+        batches,
+        save=lambda path, it: trainer.save(path, it, meta),
+        load=trainer.load,
+        checkpoint_every=cfg.checkpoint_every,
+        progress=progress,
+        distributed=False,
+    )()
     save_checkpoint(final, {"model": trainer.ema_model}, None, meta | {"iteration": n})
-    write_json(hist_path, history)
-    k = max(1, len(history) // 10)
+    history = result.history
     metrics = {
         "stage": "dacs",
         "iterations": n,
         "arch": cfg.model.arch,
         "init": cfg.init or f"{cfg.model.arch}, pretrained: {cfg.model.pretrained}",
-        **{f"{key}_first": _mean(history[:k], key) for key in ("loss", "src", "mix")},
-        **{f"{key}_last": _mean(history[-k:], key) for key in ("loss", "src", "mix")},
+        **first_last(history, "loss"),
+        **first_last(history, "src"),
+        **first_last(history, "mix"),
         "skipped_samples": ds_s.skipped,
         "checkpoint": str(final),
         "checkpoint_kind": "last (EMA teacher)",
         "device": str(device),
-        "seconds": time.perf_counter() - t0,
+        "seconds": result.seconds,
     }
     run.write_metrics(metrics)
     run.logger.info("done: %s", metrics)
     return metrics
-
-
-def _mean(rows: list[dict], key: str) -> float:
-    return float(sum(r[key] for r in rows) / len(rows)) if rows else math.nan

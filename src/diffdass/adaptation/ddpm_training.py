@@ -18,7 +18,6 @@ written by the main process; a run resumes with any number of processes.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +38,12 @@ from diffdass.diffusion.sampler import as_eps_fn, reverse, toolkit_options
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.ema import EMA
 from diffdass.models.unet import build_unet
+from diffdass.training import Hook, TrainLoop, autocast, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import resolve_device
 from diffdass.utils.io import save_image
-from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
@@ -312,38 +311,18 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
     schedule = DDPMSchedule(num_timesteps=cfg.num_timesteps)
     eps_fn = as_eps_fn(unet)
     meta = {"unet": cfg.unet, "sample_size": list(size), "num_timesteps": cfg.num_timesteps}
-    last = run.ckpt_dir / "last.safetensors"
-    start = 0
-    if last.is_file():
-        m = load_checkpoint(last, {"unet": unet}, opt, device=device)
-        ema_unet = build_unet(cfg.unet, sample_size=size)
-        load_checkpoint(last, {"ema": ema_unet}, device="cpu")
-        ema = EMA(ema_unet.to(device), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
-        ema.step = int(m["ema_updates"])
-        start = int(m["iteration"])
-        run.logger.info("resuming from iteration %d", start)
-        run.resume_point = f"the checkpoint at iteration {start}"
-    run.start()
-    loader = torch.utils.data.DataLoader(
-        StreamDataset(ds),
-        batch_sampler=dist.loader_batch_sampler(
-            StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations)
-        ),
-        num_workers=cfg.num_workers,
-    )
-    amp = cfg.amp and device.type == "cuda"
-    bar = Progress(
-        cfg.iterations,
-        start,
-        "train-ddpm",
-        enabled=progress,
-        logger=run.logger if main else None,
-        run=run,
-    )
-    losses: list[float] = []
-    t0, seen = time.perf_counter(), 0
+    state = {"ema": ema}
 
-    def save(path, it):
+    def load(path: Path) -> int:
+        m = load_checkpoint(path, {"unet": unet}, opt, device=device)
+        ema_unet = build_unet(cfg.unet, sample_size=size)
+        load_checkpoint(path, {"ema": ema_unet}, device="cpu")
+        state["ema"] = EMA(ema_unet.to(device), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        state["ema"].step = int(m["ema_updates"])
+        return int(m["iteration"])
+
+    def save(path: Path, it: int) -> None:
+        ema = state["ema"]
         save_checkpoint(
             path,
             {"unet": unet, "ema": ema.shadow_state_dict()},
@@ -351,14 +330,14 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
             meta | {"iteration": it, "ema_updates": ema.step},
         )
 
-    for it, batch in enumerate(loader, start=start):
+    def step(it: int, batch: dict) -> dict:
         unet.train()
         lr = cfg.lr * min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         for g in opt.param_groups:
             g["lr"] = lr
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 3, it))
         x0 = batch["image"].to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, cfg.amp):
             if world == 1:
                 loss = schedule.training_loss(eps_fn, x0, gen)
             else:
@@ -377,42 +356,34 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
         opt.step()
-        ema.update(unet)
-        losses.append(loss.item())
-        seen += x0.shape[0] * world
-        ips = seen / max(time.perf_counter() - t0, 1e-9)
-        step = it + 1
-        if not main:  # samples, snapshots and checkpoints: the main process's
-            bar.update(1, loss=loss.item(), lr=lr, img_s=ips)
-            continue
-        if step % cfg.sample_every == 0 or step == cfg.iterations:
-            ema_model = ema.module_copy(unet).eval()
-            moments = estimate_moments(ema_model, full_sized, schedule, device, cfg.seed)
-            grid = sample_grid(
-                ema_model,
-                schedule,
-                cfg.n_samples,
-                size,
-                cfg.sample_steps,
-                cfg.seed,
-                device,
-                moments,
-            )
-            save_image(run.path / "samples" / f"samples_{step:07d}.png", grid)
-        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-            save_checkpoint(
-                run.ckpt_dir / f"snapshot_{step:07d}.safetensors",
-                {"ema": ema.shadow_state_dict()},
-                None,
-                meta | {"iteration": step},
-            )
-        if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
-            save(last, step)
-            run.resume_point = f"the checkpoint at iteration {step}"
-        bar.update(1, loss=loss.item(), lr=lr, img_s=ips)
-    bar.close()
+        state["ema"].update(unet)
+        return {"loss": loss.item(), "lr": lr}
+
+    def batches(start: int):
+        return torch.utils.data.DataLoader(
+            StreamDataset(ds),
+            batch_sampler=dist.loader_batch_sampler(
+                StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations)
+            ),
+            num_workers=cfg.num_workers,
+        )
+
+    previews = _Previews(cfg, state, unet, schedule, full_sized, size, meta, device, run)
+    result = TrainLoop(
+        run,
+        "train-ddpm",
+        cfg.iterations,
+        step,
+        batches,
+        save,
+        load,
+        checkpoint_every=cfg.checkpoint_every,
+        progress=progress,
+        images=lambda batch, _: batch["image"].shape[0],
+        hooks=[previews],
+    )()
+    ema = state["ema"]
     if main:
-        save(last, cfg.iterations)
         moments = estimate_moments(
             ema.module_copy(unet).eval(), full_sized, schedule, device, cfg.seed
         )
@@ -422,15 +393,14 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
             None,
             meta | {"iteration": cfg.iterations, "eps_moments": moments.to_dict()},
         )
-    k = max(1, len(losses) // 10)
+    losses = result.history
     metrics = {
         "stage": "train-ddpm",
         "iterations": cfg.iterations,
         "unet": cfg.unet,
         "sample_size": list(size),
-        "loss_first": float(np.mean(losses[:k])) if losses else None,
-        "loss_last": float(np.mean(losses[-k:])) if losses else None,
-        "images_per_second": ips if losses else None,
+        **first_last(losses, "loss"),
+        "images_per_second": result.images_per_second,
         "checkpoint": str(final),
         "device": str(device),
     }
@@ -439,6 +409,43 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
     if main:
         run.write_metrics(metrics)
     return metrics
+
+
+class _Previews(Hook):
+    """Sample grids every ``sample_every`` steps (and at the end) and EMA snapshots every
+    ``snapshot_every`` steps (main process, before the step's checkpoint)."""
+
+    def __init__(self, cfg, state, unet, schedule, full_sized, size, meta, device, run):
+        self.cfg, self.state, self.unet, self.schedule = cfg, state, unet, schedule
+        self.full_sized, self.size, self.meta, self.device = full_sized, size, meta, device
+        self.run = run
+
+    def after_step(self, loop, it: int, stats: dict) -> None:
+        cfg, step = self.cfg, it + 1
+        ema = self.state["ema"]
+        if step % cfg.sample_every == 0 or step == cfg.iterations:
+            ema_model = ema.module_copy(self.unet).eval()
+            moments = estimate_moments(
+                ema_model, self.full_sized, self.schedule, self.device, cfg.seed
+            )
+            grid = sample_grid(
+                ema_model,
+                self.schedule,
+                cfg.n_samples,
+                self.size,
+                cfg.sample_steps,
+                cfg.seed,
+                self.device,
+                moments,
+            )
+            save_image(self.run.path / "samples" / f"samples_{step:07d}.png", grid)
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            save_checkpoint(
+                self.run.ckpt_dir / f"snapshot_{step:07d}.safetensors",
+                {"ema": ema.shadow_state_dict()},
+                None,
+                self.meta | {"iteration": step},
+            )
 
 
 def _add_moments(cfg: TrainDDPMConfig, final: Path, run) -> None:
