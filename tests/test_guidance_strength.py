@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdass.adaptation.calibration import CalibrationSpec, knee, won_back
-from diffdass.adaptation.ptl import PTLConfig, _to_translation_size, _translate
+from diffdass.adaptation.ptl import PTLConfig, _translate
 from diffdass.adaptation.seg_training import poly_lr
-from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig
+from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig, resize_pair
 from diffdass.diffusion.guidance import GSG, LCG, build_guidance
 from diffdass.diffusion.sampler import SamplerOptions, reverse_step, translate
 from diffdass.diffusion.schedule import DDPMSchedule
@@ -217,7 +217,7 @@ def test_x1_stays_within_twice_the_n1_noise_of_the_source(translate_size):
     xg, yg = _translate(
         cfg, x0, y, 1, _ZeroEps(), SCHED, PixelSeg().eval(), torch.Generator(), 0, None
     )
-    ref, yref = (x0, y) if translate_size is None else _to_translation_size(x0, y, (8, 16))
+    ref, yref = (x0, y) if translate_size is None else resize_pair(x0, y, (8, 16))
     assert xg.shape == ref.shape and torch.equal(yg, yref)
     noise = (1 - SCHED.values("alphas_cumprod")[0]) ** 0.5  # std of the n = 1 noise
     rms = (xg - ref).pow(2).mean().sqrt().item()

@@ -160,7 +160,7 @@ def test_ptl_kill_and_resume_equals_uninterrupted(pipeline_run, tmp_path, monkey
     monkeypatch.setattr(seg_training.SegTrainer, "step", orig)
     assert not (tmp_path / "part" / "checkpoints" / "final.safetensors").exists()
     part = run_ptl(cfg, tmp_path / "part", progress=False)
-    assert "resuming after domain 1 of 3" in (tmp_path / "part" / "run.log").read_text()
+    assert "resuming from domain 1 of 3" in (tmp_path / "part" / "run.log").read_text()
     a = load_tensors(tmp_path / "full" / "checkpoints" / "final.safetensors")
     b = load_tensors(tmp_path / "part" / "checkpoints" / "final.safetensors")
     for k in a:

@@ -45,6 +45,7 @@ from diffdass.adaptation.translation import (
     GuidanceConfig,
     SamplerConfig,
     batch_generator,
+    resize_pair,
     translate_batch,
 )
 from diffdass.data.folder import (
@@ -56,11 +57,11 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
+from diffdass.training import TrainLoop
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
-from diffdass.utils.io import read_json, save_image, write_json
-from diffdass.utils.progress import Progress
+from diffdass.utils.io import save_image, write_json
 from diffdass.utils.rng import derive_seed
 from diffdass.utils.run import RunDir
 
@@ -336,16 +337,6 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         lr_fn=cfg.lr_at,
     )
     meta = segmenter_meta_from(smeta)
-    last = run.ckpt_dir / "last.safetensors"
-    start_k = 0
-    if last.is_file():
-        m = load_checkpoint(last, {"model": trainer.model}, trainer.optimizer, device=device)
-        start_k = int(m["domain"])
-        run.logger.info("resuming after domain %d of %d", start_k, len(levels))
-        run.resume_point = f"the checkpoint after domain {start_k}"
-    run.start()
-    hist_path = run.path / "domains.json"
-    history = read_json(hist_path)[:start_k] if hist_path.is_file() else []
     val_ds = val_scan.dataset() if val_scan is not None else None
     strip_ds = src_scan.dataset(Resize(*_fixed_size(cfg.aug)))
     strip_idx = list(range(min(cfg.strip_images, len(strip_ds))))
@@ -356,18 +347,18 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         cfg.iterations_per_domain,
         cfg.cost(),
     )
-    bar = Progress(
-        len(levels),
-        start_k,
-        "ptl",
-        enabled=progress,
-        unit="domain",
-        logger=run.logger if main else None,
-        run=run,
-    )
-    t_run = time.perf_counter()
-    imgs_done = 0
-    for k in range(start_k, len(levels)):
+
+    def load(path: Path) -> int:
+        m = load_checkpoint(path, {"model": trainer.model}, trainer.optimizer, device=device)
+        return int(m["domain"])
+
+    def save(path: Path, done: int) -> None:
+        modules = {"model": trainer.model}
+        save_checkpoint(
+            path, modules, trainer.optimizer, meta | {"domain": done, "n": levels[done - 1]}
+        )
+
+    def step(k: int, _) -> dict:
         n = levels[k]
         if strip_idx and main:  # X^n of a few fixed images, guided by g_{k-1} like the domain
             _save_strip(
@@ -384,31 +375,18 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
                 moments,
             )
         rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device, moments)
-        imgs_done += rec["translated_images"]
-        if (
-            val_ds is not None
-            and cfg.eval_every
-            and ((k + 1) % cfg.eval_every == 0)
-            and k + 1 < len(levels)
-        ):
-            res = evaluate(
-                trainer.model, val_ds, cfg.class_sets, device, cfg.eval_input_size, progress=False
-            )
-            rec["val_miou"] = res["miou"]
-            trainer.model.train()
-        history.append(rec)
-        # domain k is complete: the checkpoint and history move together
-        if main:
-            save_checkpoint(
-                last,
-                {"model": trainer.model},
-                trainer.optimizer,
-                meta | {"domain": k + 1, "n": n},
-            )
-            write_json(hist_path, history)
-        run.resume_point = f"the checkpoint after domain {k + 1}"
-        el = time.perf_counter() - t_run
-        bar.update(1, n=n, loss=rec["loss"], img_s=imgs_done / max(el, 1e-9))
+        if val_ds is not None and cfg.eval_every and (k + 1) % cfg.eval_every == 0:
+            if k + 1 < len(levels):
+                res = evaluate(
+                    trainer.model,
+                    val_ds,
+                    cfg.class_sets,
+                    device,
+                    cfg.eval_input_size,
+                    progress=False,
+                )
+                rec["val_miou"] = res["miou"]
+                trainer.model.train()
         run.logger.info(
             "domain %d/%d n=%d loss %.4f (%.1fs)",
             k + 1,
@@ -417,7 +395,24 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
             rec["loss"],
             rec["seconds"],
         )
-    bar.close()
+        return rec
+
+    history = TrainLoop(
+        run,
+        "ptl",
+        len(levels),
+        step,
+        lambda start: range(start, len(levels)),
+        save,
+        load,
+        checkpoint_every=1,  # after every domain: the checkpoint and its history move together
+        history_file="domains.json",
+        unit="domain",
+        progress=progress,
+        images=lambda _, rec: rec["translated_images"],
+        show=("n", "loss"),
+    )().history
+    hist_path = run.path / "domains.json"
     if main:
         save_checkpoint(
             final, {"model": trainer.model}, None, meta | {"domain": len(levels), "n": levels[-1]}
@@ -463,7 +458,7 @@ def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments):
     """translate_batch at ``cfg.translate_size`` (if set): returns the translations and their
     labels, both at the translation size (labels nearest-resized; no resize back)."""
     if cfg.translate_size and tuple(cfg.translate_size) != tuple(x0.shape[-2:]):
-        x0, y = _to_translation_size(x0, y, tuple(cfg.translate_size))
+        x0, y = resize_pair(x0, y, tuple(cfg.translate_size))
     xg = translate_batch(
         x0,
         y,
@@ -479,15 +474,6 @@ def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments):
         moments=moments,
     )
     return xg, y
-
-
-def _to_translation_size(x0: torch.Tensor, y: torch.Tensor, size: tuple[int, int]):
-    """Source images resized to ``size`` (bilinear, antialiased) and labels (nearest)."""
-    import torch.nn.functional as F
-
-    x0 = F.interpolate(x0, size=size, mode="bilinear", align_corners=False, antialias=True)
-    y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    return x0.clamp(-1, 1), y
 
 
 def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments) -> dict:

@@ -233,6 +233,16 @@ class TranslateConfig:
             raise ConfigError(f"resize: expected [H, W] with positive sizes, got {self.resize}")
 
 
+def resize_pair(x0: torch.Tensor, y: torch.Tensor, size: tuple[int, int]):
+    """Images resized to ``size`` (bilinear, antialiased, clamped to [-1, 1]) and their
+    labels (nearest): a source batch at the translation size."""
+    import torch.nn.functional as F
+
+    x0 = F.interpolate(x0, size=size, mode="bilinear", align_corners=False, antialias=True)
+    y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return x0.clamp(-1, 1), y
+
+
 def batch_generator(seed: int, batch_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, 4242, batch_index))
 

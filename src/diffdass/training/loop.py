@@ -10,8 +10,8 @@ A stage describes *what* a step does; :class:`TrainLoop` does the rest, the same
 - **history**: one JSON row per step (``{"it": step, **stats}``) in ``history_file``;
 - **progress**: a bar on a terminal, periodic lines in ``run.log`` (:class:`Progress`),
   with the step's scalar stats and the images per second;
-- **hooks**: :class:`Hook` objects called after every step and at the end (DDPM samples and
-  snapshots, trackers such as :class:`~diffdass.training.trackers.ScalarLog`);
+- **hooks**: :class:`Hook` objects called after every step and at the end (the DDPM's sample
+  grids and snapshots; a tracker is a hook that logs the step's stats);
 - **several processes**: every process runs the steps (the stage's ``step`` shards its batch),
   only the main process writes checkpoints, history and hook output; a stage that does not
   shard its step says ``distributed=False`` and is refused under ``accelerate launch``;
@@ -118,7 +118,7 @@ class TrainLoop:
                 f"{self.total} configured" + (f"; {self.resume_hint}" if self.resume_hint else "")
             )
         if start:
-            self.run.logger.info("resuming from %s %d", self.unit, start)
+            self.run.logger.info("resuming from %s %d of %d", self.unit, start, self.total)
             self.run.resume_point = f"the checkpoint at {self.unit} {start}"
         rows = read_json(self.history_path) if self.history_path.is_file() else []
         self.history = [_row(r) for r in rows][:start]
