@@ -24,8 +24,8 @@ def _plain(text: str) -> str:
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
 
 
-def _train_seg(dataset, out, iterations: int):
-    """`diffdass train-seg` of a tiny FCN on ``dataset``; returns the CLI result."""
+def _train_seg(dataset, out, iterations: int, arch: str = "fcn8s_tiny"):
+    """`diffdass train-seg` of a tiny segmenter on ``dataset``; returns the CLI result."""
     return runner.invoke(
         app,
         [
@@ -35,7 +35,7 @@ def _train_seg(dataset, out, iterations: int):
             "--source-root",
             str(dataset),
             "--arch",
-            "fcn8s_tiny",
+            arch,
             "--iterations",
             str(iterations),
             "--batch-size",
@@ -144,6 +144,43 @@ def test_train_then_evaluate_round_trip(tiny_dataset, tmp_path):
     assert f"{metrics['miou']['all4']:.1f}" in res.output
     assert "ms/image" in res.output
     assert len(list((ev / "predictions").glob("*.png"))) == 6
+
+
+def test_evaluate_with_adabn_scores_target_statistics(tiny_dataset, tmp_path):
+    """`evaluate --adabn ROOT:SPLIT` = the library's AdaBN then evaluation; the checkpoint
+    file stays as it was."""
+    import torch
+
+    from diffdass.adaptation.adabn import adabn
+    from diffdass.data.scan import scan_split
+    from diffdass.evaluation.evaluate import evaluate
+    from diffdass.models.checkpoint import load_segmenter
+
+    assert _train_seg(tiny_dataset, tmp_path / "r", 3, arch="unet_small").exit_code == 0
+    ckpt = tmp_path / "r" / "checkpoints" / "final.safetensors"
+    before = ckpt.read_bytes()
+    args = ["evaluate", "--checkpoint", str(ckpt), "--root", str(tiny_dataset), "--split"]
+    args += ["train", "--class-sets", "all", "--quiet", "--device", "cpu"]
+    plain = runner.invoke(app, [*args, "--out", str(tmp_path / "e0")])
+    res = runner.invoke(
+        app, [*args, "--adabn", f"{tiny_dataset}:train", "--out", str(tmp_path / "e1")]
+    )
+    assert plain.exit_code == 0 and res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "e1" / "metrics.json").read_text())
+    assert got["adabn"]["images"] == 6 and got["adabn"]["images_from"] == f"{tiny_dataset}:train"
+    model, _ = load_segmenter(ckpt, "cpu")
+    ds = scan_split(tiny_dataset, "train", "required").dataset()
+    adabn(model, torch.utils.data.DataLoader(ds, batch_size=16), "cpu")
+    want = evaluate(model, ds, ["all"], "cpu", progress=False)["miou"]["all4"]
+    assert got["miou"]["all4"] == pytest.approx(want, abs=1e-9)
+    no_bn = json.loads((tmp_path / "e0" / "metrics.json").read_text())["miou"]["all4"]
+    assert got["miou"]["all4"] != no_bn  # the statistics did change the predictions
+    assert ckpt.read_bytes() == before
+    fcn = tmp_path / "fcn"
+    assert _train_seg(tiny_dataset, fcn, 1).exit_code == 0
+    args[2] = str(fcn / "checkpoints" / "final.safetensors")
+    res = runner.invoke(app, [*args, "--adabn", str(tiny_dataset)])
+    assert res.exit_code == 2 and "no BatchNorm layer" in _plain(res.output)
 
 
 def test_evaluate_rejects_wrong_class_count(tiny_dataset, tmp_path):

@@ -74,7 +74,7 @@ class TrainDDPMConfig:
     checkpoint_every: int = 1000
     # keep the EMA weights every this many iterations as checkpoints/snapshot_<it>.safetensors
     # (0: off), e.g. to measure when the sample distance stops improving
-    # (benchmarks/ddpm_convergence.py)
+    # (studies/ddpm_convergence.py)
     snapshot_every: int = 0
     seed: int = 0
     device: str = "auto"

@@ -194,13 +194,22 @@ def evaluate(
     save_predictions: Annotated[
         int, typer.Option(help="Colourised predictions to save (-1: all).")
     ] = 16,
+    adabn: Annotated[
+        str | None,
+        typer.Option(
+            help="ROOT[:SPLIT] of unlabeled images (split default: train): re-estimate the"
+            " segmenter's BatchNorm statistics on them before scoring (AdaBN; the checkpoint"
+            " file is not changed), e.g. --adabn DATA/target to score a model with target"
+            " statistics."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ):
     """Confusion-matrix mIoU (19/16/13 classes), per-class IoU, colourised predictions."""
     from diffdass.data.scan import scan_split
     from diffdass.evaluation.evaluate import evaluate as run_eval
-    from diffdass.pipeline.scoring import load_for_evaluation
+    from diffdass.pipeline.scoring import adapt_batchnorm, load_for_evaluation
     from diffdass.utils.device import resolve_device
     from diffdass.utils.io import write_json
 
@@ -208,8 +217,15 @@ def evaluate(
         check_evaluate_out(out)
     size = _parse_size(input_size)
     ds = scan_split(root, split, "required").dataset()  # every file checked before the model runs
+    bn_images = None
+    if adabn is not None:
+        bn_root, _, bn_split = adabn.partition(":")
+        bn_images = scan_split(bn_root, bn_split or "train", "none").dataset()
     dev = resolve_device(device)
     model = load_for_evaluation(checkpoint, dev)  # a segmenter or a CICLD model
+    adabn_info = None
+    if bn_images is not None:
+        adabn_info = adapt_batchnorm(model, bn_images, dev, f"--adabn {adabn}")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out else None
     try:
         res = run_eval(
@@ -224,6 +240,8 @@ def evaluate(
         )
         res["checkpoint"] = str(checkpoint)
         res["checkpoint_kind"] = "last"
+        if adabn_info is not None:
+            res["adabn"] = adabn_info | {"images_from": adabn}
         res["dataset"] = f"{root}:{split}"
         res["stage"] = "evaluate"
         if tmp:

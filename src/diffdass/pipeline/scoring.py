@@ -90,6 +90,21 @@ def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict
     return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / "eval", cfg.device)
 
 
+def adapt_batchnorm(model, images, device, what: str = "AdaBN", batch_size: int = 16) -> dict:
+    """Re-estimate ``model``'s BatchNorm statistics on the dataset ``images`` (in place):
+    :func:`~diffdass.adaptation.adabn.adabn` over batches of ``batch_size``. Raises a
+    :class:`ConfigError` naming ``what`` for a model without BatchNorm."""
+    import torch
+
+    from diffdass.adaptation.adabn import adabn, batchnorm_layers
+    from diffdass.utils.config import ConfigError
+
+    if not batchnorm_layers(model):
+        raise ConfigError(f"{what}: the model has no BatchNorm layer; nothing to re-estimate")
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    return adabn(model, loader, device)
+
+
 def evaluate_stage(cfg: PipelineConfig, out: Path, name: str) -> dict:
     """Score stage ``name``'s final checkpoint on target val into ``out/<name>/eval``."""
     ckpt = out / name / "checkpoints" / "final.safetensors"

@@ -8,7 +8,7 @@ under each variant, plus ``label``: the split's ground truth as the condition, w
 deployed model has. It bounds how much the condition can carry and shows whether the
 network copies it (label leakage)::
 
-    python benchmarks/cicld_inference.py runs/cicld_ablation/seed*/base/cicld/checkpoints/final.safetensors \\
+    python studies/cicld_inference.py runs/cicld_ablation/seed*/base/cicld/checkpoints/final.safetensors \\
         --data runs/cicld_ablation/data/target --split val --timesteps 0,100,200,400
 
 Prints a markdown table (mIoU19 per checkpoint and variant); ``--json`` also writes it.
@@ -23,86 +23,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from diffdass.adaptation.cicld import load_cicld
 from diffdass.data.scan import scan_split
-from diffdass.evaluation.metrics import ConfusionMatrix, resolve_class_set
-from diffdass.models.cicld import CICLDSegmenter, denoise_timesteps
-
-
-@torch.no_grad()
-def predict(net, x, label, t_start: int, steps: int, condition: str, seed: int = 0):
-    """Logits of ``net`` (a CICLDNet) at input size under one inference variant: ``self`` and
-    ``none`` are :class:`CICLDSegmenter` itself; ``label`` is one pass conditioned on the
-    given label map, with the segmenter's noise (seeded by ``seed``)."""
-    if condition != "label" or net.mask_encoder is None:
-        return CICLDSegmenter(net, t_start, steps, condition, seed)(x)
-    post, skips = net.encode(x)
-    z0 = post.mode()
-    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=z0.dtype)
-    tokens = net.condition_tokens(label, z0)
-    ts = denoise_timesteps(t_start, steps)
-    return net.decode_logits(net.denoise(z0, tokens, ts, noise)[-1], skips)
-
-
-def score(net, ds, t_start: int, steps: int, condition: str) -> float:
-    nc = ds.classes.num_classes
-    cm = ConfusionMatrix(nc, ds.classes.ignore_index)
-    for i in range(len(ds)):
-        item = ds[i]
-        x, y = item["image"][None], item["label"]
-        logits = predict(net, x, y[None], t_start, steps, condition)
-        logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        cm.update(logits.argmax(1)[0], y)
-    return float(cm.miou(resolve_class_set("19", nc))) * 100
-
-
-@torch.no_grad()
-def probe_condition(net, ds, n: int, t_start: int, steps: int) -> dict:
-    """How far the ground-truth condition moves the prediction (first ``n`` images): the
-    largest logit change against no condition, the share of pixels whose arg-max changes,
-    and, at the middle block (Eq. 5), the mean norms of o, of the tokens c and of the
-    change of o."""
-    from diffdass.models.cicld import ConditionedMidBlock, condition_features
-
-    mids = [m for m in net.modules() if isinstance(m, ConditionedMidBlock)]
-    if not mids or net.mask_encoder is None:
-        return {}
-    mid, norms = mids[0], []
-
-    def hook(module, args, output):
-        if module.tokens is not None:  # recompute o (the block's own output before Eq. 5)
-            o = module.block(*args)
-            delta = condition_features(o, module.tokens) - o
-            norms.append(
-                [o.norm(dim=1).mean(), module.tokens.norm(dim=2).mean(), delta.norm(dim=1).mean()]
-            )
-
-    handle = mid.register_forward_hook(hook)
-    max_dl, flips, pixels, mean_abs = 0.0, 0, 0, 0.0
-    try:
-        for i in range(min(n, len(ds))):
-            item = ds[i]
-            x, y = item["image"][None], item["label"][None]
-            a = predict(net, x, y, t_start, steps, "none")
-            b = predict(net, x, y, t_start, steps, "label")
-            max_dl = max(max_dl, float((a - b).abs().max()))
-            mean_abs += float(a.abs().mean())
-            flips += int((a.argmax(1) != b.argmax(1)).sum())
-            pixels += a.argmax(1).numel()
-    finally:
-        handle.remove()
-    o, c, d = (float(sum(r[k] for r in norms) / len(norms)) for k in range(3))
-    return {
-        "max_logit_change": max_dl,
-        "mean_abs_logit": mean_abs / min(n, len(ds)),
-        "argmax_changed_pct": 100.0 * flips / pixels,
-        "mid_norm_o": o,
-        "mid_norm_c": c,
-        "mid_norm_delta": d,
-    }
+from diffdass.evaluation.cicld_probe import probe_condition, score
 
 
 def main() -> None:

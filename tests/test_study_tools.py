@@ -1,10 +1,8 @@
-"""The measurement scripts of ``benchmarks/`` whose numbers the docs quote: they must
-compute what the library computes (CICLD's inference) and show what they claim (panels)."""
+"""The library pieces the study scripts of ``studies/`` run, whose numbers the docs quote: they
+must compute what the library computes (CICLD's inference) and show what they claim (panels,
+the strength-study tables)."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,21 +14,12 @@ from tests.test_cicld import K, tiny_net
 from diffdass.data.labels import colorize, default_palette
 from diffdass.models.cicld import CICLDSegmenter
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_cicld_inference_matches_the_segmenter_and_the_label_condition_acts():
-    ci = _script("cicld_inference")
+    from diffdass.evaluation import cicld_probe as ci
+
     net = tiny_net()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = torch.randint(0, K, (2, 32, 32))
@@ -46,7 +35,8 @@ def test_cicld_inference_matches_the_segmenter_and_the_label_condition_acts():
 
 
 def test_cicld_inference_probe_reports_the_condition_effect(tmp_path):
-    ci = _script("cicld_inference")
+    from diffdass.evaluation import cicld_probe as ci
+
     write_folder_dataset(tmp_path / "d", "val", n=3, size=(32, 32), num_classes=K)
     from diffdass.data.scan import scan_split
 
@@ -59,7 +49,8 @@ def test_cicld_inference_probe_reports_the_condition_effect(tmp_path):
 
 
 def test_prediction_panel_layout_and_label_colours(tmp_path):
-    pp = _script("prediction_panel")
+    from diffdass.evaluation import panel as pp
+
     write_folder_dataset(tmp_path / "d", "val", n=3, size=(16, 24), num_classes=K)
     ev = tmp_path / "eval" / "predictions"
     ev.mkdir(parents=True)
@@ -73,7 +64,7 @@ def test_prediction_panel_layout_and_label_colours(tmp_path):
     want = colorize(label, default_palette(19))
     assert np.array_equal(arr[0:32:2, 48:96:2], want)  # row 0, column "label"
     assert (arr[:32, 96:] == [255, 0, 0]).all()  # the model's column
-    with pytest.raises(SystemExit, match="predictions"):
+    with pytest.raises(FileNotFoundError, match="predictions"):
         pp.build_panel(tmp_path / "d", "val", [("x", tmp_path / "missing")], 1, 1)
 
 
@@ -82,7 +73,8 @@ def test_strength_study_tables(tmp_path):
     sweep (strength 0 = row (b), the chosen strength = the full row) and paired differences."""
     import json
 
-    st = _script("strength_study")
+    from diffdass.pipeline import strength_study as st
+
     cal = {
         "chosen_strength": 0.08,
         "source_consistency": {"judge_consistency": 30.0, "oracle_consistency": 20.0},

@@ -27,8 +27,8 @@ source-only between 45% and 60% of the oracle, and AdaBN closing at most a third
 gap. Runs are cached by the content hash of the data they read (``OUT/runs``), so
 re-running after a change of the source renderer only retrains the source-only model.
 
-    python benchmarks/calibrate_benchmark.py --out runs/calibrate --seed 0
-    python benchmarks/calibrate_benchmark.py --out runs/calibrate1 --seed 1
+    python studies/calibrate_benchmark.py --out runs/calibrate --seed 0
+    python studies/calibrate_benchmark.py --out runs/calibrate1 --seed 1
 
 Cost on the 2-core CPU machine (pipeline recipe: unet_small, AdamW, 1500 iterations of
 batch 16, one torch thread): about 11 minutes per training run while another job shares

@@ -6,7 +6,7 @@ is the sampler's. Translates source pixels N(-0.3, 0.4^2) with phi^n (n = 1000 a
 prints the mean and std of the output for the full-length paper chain (fixed_large, all n
 steps) and for respaced chains of 10 and 50 steps with each variance choice. Runs in seconds:
 
-    python benchmarks/sampler_gaussian.py
+    python studies/sampler_gaussian.py
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 #!/usr/bin/env python
 """When does the target DDPM stop improving? Sample distance of each training snapshot.
 
-The study configuration trains "the DDPM until its sample distance stops improving" (issue
-8). Train it with ``ddpm.snapshot_every`` set (``configs/benchmark_study.yaml`` does), which
+The study configuration trains the DDPM until its sample distance stops improving. Train it with ``ddpm.snapshot_every`` set (``configs/benchmark_study.yaml`` does), which
 keeps the EMA weights as ``<run>/ddpm/checkpoints/snapshot_<iteration>.safetensors``; this
 script then draws ``--samples`` unconditional samples from every snapshot (50 respaced steps
 of the translation sampler: analytic variance with moments estimated on 16 target train
@@ -10,7 +9,7 @@ images, clipped x_0) and measures their patch SWD x1e3 to ``<run>/data/target/va
 the floor (target train vs target val) and the ceiling (source vs target val). A markdown
 table goes to stdout and ``OUT`` (json).
 
-    python benchmarks/ddpm_convergence.py --run runs/study/seed0 --out runs/study/seed0/ddpm_convergence.json
+    python studies/ddpm_convergence.py --run runs/study/seed0 --out runs/study/seed0/ddpm_convergence.json
 
 Cost measured on the shared 2-core CPU (one torch thread, other jobs running): about 4
 minutes per snapshot for 32 samples at 64x128.

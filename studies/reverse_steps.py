@@ -2,7 +2,7 @@
 """How many reverse steps does a translation need? Label consistency and distance vs steps.
 
 The study configuration must use "enough reverse steps that doubling them changes label
-consistency by less than 1 point" (issue 8). This script measures it on a finished
+consistency by less than 1 point". This script measures it on a finished
 ``diffdass run`` folder::
 
     <run>/data/source/train               labeled source images (translated)
@@ -21,7 +21,7 @@ with k respaced reverse steps (the run's sampler and guidance settings from its
 
 Example (16 images and steps 6, 12, 24 took about 7 minutes on the shared 2-core CPU)::
 
-    python benchmarks/reverse_steps.py --run runs/benchmark --n 300 --steps 6 12 24 --images 16
+    python studies/reverse_steps.py --run runs/benchmark --n 300 --steps 6 12 24 --images 16
 
 Same noise seed for every k, so rows differ only by the number of steps.
 """

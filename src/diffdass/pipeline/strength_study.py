@@ -1,26 +1,12 @@
-"""Tables of the guidance-strength study from a `diffdass ablate` folder (docs/results.md).
-
-    diffdass ablate --rows table2,sweep_lambda --only "table2: (a),table2: (b),sweep" \\
-        --sweep-lambda 0.02,0.32 --seeds 0,1,2 -o runs/abl_default
-    python benchmarks/strength_study.py runs/abl_default
-
-Per seed, the shared run of `diffdass ablate` (``seed<s>/base``) holds the calibration of the
-guidance strength (``calibration/calibration.json``: label consistency under the judge, the
-guide and the oracle, and the patch SWD to the target, at every strength tried) and the full
-method at the chosen strength; the ablation rows hold g_N at the other strengths. Prints:
-
-1. the calibration per seed (chosen strength, share of the consistency unguided translation
-   loses that guidance wins back, under the judge and the oracle, and the SWD change);
-2. the strength sweep: g_N mIoU, consistency (judge, oracle) and SWD per strength, mean over
-   seeds (strength 0 is row (b): PTL on unguided translations);
-3. the rows full, (a), (b), AdaBN, source-only and oracle with paired differences; with
-   ``--adabn-on-top`` every trained row also with target BatchNorm statistics (AdaBN on top,
-   computed once and cached in ``adabn_on_top.json`` of the folder).
-"""
+"""Tables of the guidance-strength study from a ``diffdass ablate`` folder: the calibration per
+seed (the share of the label consistency unguided translation loses that guidance wins back,
+under the judge and the oracle, and the SWD change), the strength sweep (g_N mIoU,
+consistency and SWD per strength, mean over seeds; strength 0 is row (b)), the rows with
+paired differences, and every trained row with target BatchNorm statistics (AdaBN on top,
+cached in ``adabn_on_top.json`` of the folder). ``studies/strength_study.py`` prints them."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -152,12 +138,10 @@ def _checkpoints(seed_dir: Path, labels: list[str]) -> dict[str, Path]:
 
 def adabn_on_top(root: Path, results: dict) -> dict:
     """seed -> label -> mIoU19 with target BatchNorm statistics (cached)."""
-    import torch
-
-    from diffdass.adaptation.adabn import adabn
     from diffdass.data.folder import FolderDataset
     from diffdass.evaluation.evaluate import evaluate
     from diffdass.models.checkpoint import load_segmenter
+    from diffdass.pipeline.scoring import adapt_batchnorm
     from diffdass.utils.io import write_json
 
     cache = root / "adabn_on_top.json"
@@ -169,7 +153,7 @@ def adabn_on_top(root: Path, results: dict) -> dict:
             if lab in done.get(seed, {}):
                 continue
             model, _ = load_segmenter(ckpt, "cpu")
-            adabn(model, torch.utils.data.DataLoader(tgt, batch_size=16))
+            adapt_batchnorm(model, tgt, "cpu")
             miou = evaluate(model, val, ["19"], "cpu", progress=False)["miou"]["19"]
             done.setdefault(seed, {})[lab] = miou
             write_json(cache, done)
@@ -195,24 +179,3 @@ def on_top_table(results: dict, bn: dict) -> str:
             f"| {name} | {_ms(plain)} | {_ms(vals)} ({', '.join(f'{v:.1f}' for v in vals)}) | {d} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("ablation", type=Path, help="a `diffdass ablate` output folder")
-    ap.add_argument("--adabn-on-top", action="store_true", help="also every row + AdaBN")
-    args = ap.parse_args()
-    results, cals = load(args.ablation)
-    print("Calibration per seed\n")
-    print(calibration_table(cals))
-    print("Strength sweep (mean +- std over seeds)\n")
-    print(sweep_table(results, cals))
-    print("Rows (target mIoU)\n")
-    print(rows_table(results))
-    if args.adabn_on_top:
-        print("Every row with target BatchNorm statistics (AdaBN on top)\n")
-        print(on_top_table(results, adabn_on_top(args.ablation, results)))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,8 +17,8 @@ its train split with the library's ``train_segmenter`` and scores the val split 
 Both use the same augmentation (random rescale 0.75-1.25, crop, flip, 10% noisy-masked
 samples) and random initialisation. The working size is the images' own 64x64 (``--size``).
 
-    python benchmarks/small_structures.py                 # both recipes, prints a table
-    python benchmarks/small_structures.py --recipes b --iterations-b 1000 --threads 2
+    python studies/small_structures.py                 # both recipes, prints a table
+    python studies/small_structures.py --recipes b --iterations-b 1000 --threads 2
 
 Prints a markdown table (mIoU, per-class IoU, training wall and CPU time) and one JSON line
 per recipe. The CPU time (all threads) is what the training costs on an otherwise idle

@@ -3,7 +3,7 @@
 coarse / fine split of its samples' distance to the target.
 
 Translation at n <= N only ever evaluates the UNet at t < N, while unconditional samples
-start at t = T - 1. This script separates the two (issue 8, docs/results.md):
+start at t = T - 1. This script separates the two (docs/results.md):
 
 1. For target train images diffused to t (forward process, fixed seed), the UNet's eps error
    and the mean of its predicted x_0 (raw and clipped to [-1, 1]) against the true mean.
@@ -13,7 +13,7 @@ start at t = T - 1. This script separates the two (issue 8, docs/results.md):
    with and without clipping) and their patch SWD x1e3 to target val per
    Laplacian level (level 0: fine detail, level 1: coarse content and colour) and mean colour.
 
-    python benchmarks/ddpm_timesteps.py --run runs/study/seed0/base --data runs/study/data
+    python studies/ddpm_timesteps.py --run runs/study/seed0/base --data runs/study/data
 
 Cost measured on the shared 2-core CPU (one torch thread, other jobs running): about 1 minute
 for part 1 and 3, 3 and 8 minutes for the three samplers of part 2.

@@ -13,7 +13,7 @@ Translates the first ``--images`` source images with the trained target DDPM at 
 It also scores unconditional DDPM samples (pure noise -> image, analytic variance) and the
 reference rows target train / source train. Example::
 
-    python benchmarks/sampler_quality.py --data runs/benchmark/data \\
+    python studies/sampler_quality.py --data runs/benchmark/data \\
         --ddpm runs/benchmark/ddpm/checkpoints/final.safetensors \\
         --g0 runs/benchmark/source_only/checkpoints/final.safetensors --n 300 --steps 6
 """

@@ -8,8 +8,8 @@ L_ft = CE(g(X), Y) + CE(g(X^S), Y^S) (``--no-src``: the first term only, Table 3
 The result is an upper bound of what any translation can give with that budget; a
 "source" control fine-tunes on source images in both terms (more training, no target).
 
-    python benchmarks/finetune_ceiling.py --run runs/benchmark --iterations 120
-    python benchmarks/finetune_ceiling.py --run runs/benchmark --iterations 120 --no-src
+    python studies/finetune_ceiling.py --run runs/benchmark --iterations 120
+    python studies/finetune_ceiling.py --run runs/benchmark --iterations 120 --no-src
 
 Needs a finished ``diffdass run`` of the built-in benchmark (for g_0 and the oracle split).
 Prints one JSON line per variant with the target val mIoU19.
