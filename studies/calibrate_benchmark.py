@@ -59,7 +59,7 @@ from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.data.benchmark import GENERATOR_VERSION, content_hash, generate_benchmark
 from diffdass.data.folder import DomainSpec, FolderDataset
 from diffdass.evaluation.evaluate import evaluate
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/benchmark_study.yaml"
 BENCH_KEYS = ("height", "width", "n_source", "n_target_train", "n_target_val")

@@ -30,7 +30,7 @@ from diffdass.adaptation.seg_training import SegTrainer
 from diffdass.data.folder import FolderDataset, StreamBatchSampler, StreamDataset
 from diffdass.data.transforms import train_transform
 from diffdass.evaluation.evaluate import evaluate
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 
 
 def main() -> None:

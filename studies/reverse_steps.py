@@ -44,7 +44,7 @@ from diffdass.data.folder import FolderDataset
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.evaluation.distance import image_set_distance
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 from diffdass.utils.config import from_dict
 
 

@@ -101,7 +101,7 @@ def main() -> None:
     g0 = None
     if args.g0 is not None:
         from diffdass.evaluation.evaluate import evaluate
-        from diffdass.models.checkpoint import load_segmenter
+        from diffdass.models.factory import load_segmenter
 
         val_ds = FolderDataset(args.data / "target", "val", "required")
     rows = []

@@ -39,7 +39,7 @@ import torch
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.data.folder import ClassInfo, FolderDataset
 from diffdass.evaluation.evaluate import evaluate
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 from diffdass.utils.config import load_config
 from diffdass.utils.io import save_image
 

@@ -26,10 +26,10 @@ from diffdass.models.cicld import (
     CICLDModelConfig,
     CICLDNet,
     CICLDSegmenter,
-    LatentDiscriminator,
     condition_features,
     denoise_timesteps,
 )
+from diffdass.models.discriminators import LatentDiscriminator
 from diffdass.utils.config import ConfigError
 from diffdass.utils.io import load_tensors
 

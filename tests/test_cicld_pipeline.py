@@ -318,7 +318,7 @@ def test_dacs_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert part["loss_last"] == full["loss_last"]
     # the final checkpoint is the EMA teacher as an ordinary segmenter, and it differs from
     # the trained model
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
 
     model, meta = load_segmenter(tmp_path / "full" / "checkpoints" / "final.safetensors")
     assert meta["arch"] == "unet_small" and meta["iteration"] == 5

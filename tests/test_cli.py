@@ -154,7 +154,7 @@ def test_evaluate_with_adabn_scores_target_statistics(tiny_dataset, tmp_path):
     from diffdass.adaptation.adabn import adabn
     from diffdass.data.scan import scan_split
     from diffdass.evaluation.evaluate import evaluate
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
 
     assert _train_seg(tiny_dataset, tmp_path / "r", 3, arch="unet_small").exit_code == 0
     ckpt = tmp_path / "r" / "checkpoints" / "final.safetensors"

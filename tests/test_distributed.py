@@ -37,7 +37,7 @@ from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.adaptation.translation import TranslateConfig, translate_dataset
 from diffdass.data.folder import FolderDataset
 from diffdass.evaluation.evaluate import evaluate
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 from diffdass.utils import distributed as dist
 from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors, read_json
@@ -57,7 +57,7 @@ WORKER = textwrap.dedent(
     from diffdass.data.folder import FolderDataset
     from diffdass.adaptation.ddpm_training import TrainDDPMConfig, train_ddpm
     from diffdass.evaluation.evaluate import evaluate
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils import distributed as dist
     from diffdass.utils.config import load_config
 

@@ -540,7 +540,7 @@ def test_models_command_lists_unet_small() -> None:
 def test_unet_family_by_name(tmp_path):
     """unet_w<W>_d<D>[_nearest]: the named hyper-parameters, full-resolution logits, and a
     checkpoint that rebuilds from its metadata alone."""
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.checkpoint import save_checkpoint
 
     small = build_segmenter("unet_small", 5)

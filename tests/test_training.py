@@ -10,7 +10,7 @@ import torch
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 from diffdass.diffusion.schedule import DDPMSchedule
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 from diffdass.utils.checkpoint import load_checkpoint
 from diffdass.utils.config import ConfigError, load_config
 from diffdass.utils.io import load_tensors

@@ -35,7 +35,7 @@ from diffdass.data.folder import DomainSpec
 from diffdass.data.scan import scan_split
 from diffdass.data.shapes import generate_shapes
 from diffdass.evaluation.evaluate import evaluate
-from diffdass.models.checkpoint import load_segmenter
+from diffdass.models.factory import load_segmenter
 from diffdass.utils.io import atomic_write_text, write_json
 
 SIZE = 64

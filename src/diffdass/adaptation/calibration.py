@@ -132,7 +132,7 @@ def calibrate_guidance(
     from diffdass.data.transforms import Resize
     from diffdass.diffusion.schedule import DDPMSchedule
     from diffdass.evaluation.distance import image_set_distance
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.progress import Progress
 
     spec.validate()

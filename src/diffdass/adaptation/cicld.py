@@ -56,9 +56,8 @@ from diffdass.models.cicld import (
     CICLDModelConfig,
     CICLDNet,
     CICLDSegmenter,
-    LatentDiscriminator,
-    PatchDiscriminator,
 )
+from diffdass.models.discriminators import LatentDiscriminator, PatchDiscriminator
 from diffdass.models.ema import EMA
 from diffdass.models.perceptual import build_perceptual
 from diffdass.training import TrainLoop

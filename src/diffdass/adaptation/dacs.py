@@ -56,9 +56,8 @@ from diffdass.adaptation.seg_training import (
     step_seed,
 )
 from diffdass.data.folder import DomainSpec
-from diffdass.models.checkpoint import load_segmenter
 from diffdass.models.ema import EMA
-from diffdass.models.factory import build_segmenter
+from diffdass.models.factory import build_segmenter, load_segmenter
 from diffdass.training import TrainLoop, first_last
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree

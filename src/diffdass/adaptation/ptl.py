@@ -301,7 +301,7 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
 def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
     from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
     from diffdass.evaluation.evaluate import evaluate
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.device import resolve_device
 
     src_scan, val_scan = scans

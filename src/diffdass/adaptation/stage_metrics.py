@@ -131,7 +131,7 @@ def measure_stages(
     ``judge``: an independent source-only model (the calibration's): its label consistency is
     reported beside the oracle's as ``*_judge_consistency``."""
     from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm, sample_images
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
 
     out = Path(out)
     unet, meta = load_ddpm(ddpm, device)

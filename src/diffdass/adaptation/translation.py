@@ -309,7 +309,7 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
 
 def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
     from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.device import resolve_device
 
     out = run.path

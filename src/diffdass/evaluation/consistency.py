@@ -15,7 +15,7 @@ def label_consistency(
     segmenter_ckpt: str | Path, root: str | Path, split: str, device="auto", class_sets=None
 ) -> dict:
     """mIoU (%) of ``segmenter_ckpt`` on ``root/split`` against the labels stored there."""
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.device import resolve_device
 
     dev = resolve_device(device)

@@ -252,3 +252,22 @@ def _smp_imagenet_state_dict(arch: str, encoder: str) -> dict[str, torch.Tensor]
     except Exception as exc:
         raise RuntimeError(_no_weights_message(arch, what, exc)) from exc
     return dict(state)
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu", name: str = "model"):
+    """A segmenter rebuilt from a diffdass checkpoint (its ``arch`` and ``num_classes`` are in
+    the metadata; random init, then the weights of ``path``) and the metadata."""
+    from diffdass.utils.checkpoint import load_checkpoint, read_meta
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: segmenter checkpoint not found")
+    meta = read_meta(path)
+    for key in ("arch", "num_classes"):
+        if key not in meta:
+            raise ValueError(
+                f"{path}: not a diffdass segmenter checkpoint (no '{key}' in metadata)"
+            )
+    model = build_segmenter(meta["arch"], int(meta["num_classes"]), pretrained=False)
+    load_checkpoint(path, {name: model}, device="cpu")
+    return model.to(device).eval(), meta

@@ -13,7 +13,7 @@ from diffdass.utils.io import read_json, write_json
 def load_for_evaluation(ckpt: Path, device):
     """The inference model of a checkpoint: a CICLD model (:func:`load_cicld`) or a plain
     segmenter (:func:`load_segmenter`), told apart by the ``arch`` of its metadata."""
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.checkpoint import read_meta
 
     if read_meta(ckpt).get("arch") == "cicld":
@@ -65,7 +65,7 @@ def adabn_baseline(cfg: PipelineConfig, g0: Path, out: Path, echo=print) -> dict
 
     from diffdass.adaptation.adabn import adabn, batchnorm_layers
     from diffdass.data.transforms import Resize
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.utils.checkpoint import read_meta, save_checkpoint
     from diffdass.utils.device import resolve_device
 

@@ -140,7 +140,7 @@ def adabn_on_top(root: Path, results: dict) -> dict:
     """seed -> label -> mIoU19 with target BatchNorm statistics (cached)."""
     from diffdass.data.folder import FolderDataset
     from diffdass.evaluation.evaluate import evaluate
-    from diffdass.models.checkpoint import load_segmenter
+    from diffdass.models.factory import load_segmenter
     from diffdass.pipeline.scoring import adapt_batchnorm
     from diffdass.utils.io import write_json
 
