@@ -287,3 +287,40 @@ def test_run_command_trains_and_prints_what_the_run_demonstrates(tmp_path, one_t
     for key in summary["methods"]:
         assert f" {summary['miou'][key]:5.1f}\n" in res.output, key
     assert f"report: {tmp_path / 'run' / 'report.html'}" in res.output
+
+
+def test_the_flag_table_covers_every_flag_and_names_real_keys():
+    """cli/flags.py is the one place flags map to config keys: every command parameter that
+    sets a config value is in it, and every key it names is a field of the command's config."""
+    import dataclasses
+    import typing
+
+    import typer.main
+
+    from diffdass.adaptation.ddpm_training import TrainDDPMConfig
+    from diffdass.adaptation.ptl import PTLConfig
+    from diffdass.adaptation.seg_training import TrainSegConfig
+    from diffdass.adaptation.translation import TranslateConfig
+    from diffdass.cli.flags import FLAGS
+    from diffdass.pipeline.config import PipelineConfig
+
+    configs = {"train-seg": TrainSegConfig, "train-ddpm": TrainDDPMConfig, "ptl": PTLConfig,
+               "translate": TranslateConfig, "run": PipelineConfig,
+               "calibrate-guidance": PipelineConfig}  # fmt: skip
+    not_config = {"config", "sets", "quiet", "score_with"}  # what a command does, not a key
+    commands = typer.main.get_command(app).commands
+    for name, table in FLAGS.items():
+        params = {p.name for p in commands[name].params}
+        run_dir = set() if configs[name] is PipelineConfig else {"out"}
+        assert set(table) <= params, name
+        assert params - set(table) - not_config - run_dir == set(), name
+        for key in table.values():
+            cls = configs[name]
+            for part in key.split("."):
+                hints = typing.get_type_hints(cls)
+                assert part in {f.name for f in dataclasses.fields(cls)}, (name, key)
+                cls = hints[part]
+    # a key given both as a flag and with --set is refused, naming the key
+    r = runner.invoke(app, ["train-seg", "-o", "/nonexistent/x", "--set", "iterations=5",
+                            "--iterations", "7", "--source-root", "/nonexistent/data"])  # fmt: skip
+    assert r.exit_code == 2 and "iterations: given both" in _plain(r.output)

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from diffdass.cli.common import ConfigOpt, SetOpt, friendly_errors
+from diffdass.cli.flags import flag_values
 from diffdass.utils.config import ConfigError, build_config
 
 app = typer.Typer(
@@ -150,23 +151,7 @@ def train_seg(
     """Source-only training: SGD or AdamW + poly decay, noisy-masked augmentation, resumable."""
     from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 
-    cfg = build_config(
-        TrainSegConfig,
-        config,
-        sets,
-        {
-            "source.root": source_root,
-            "source.split": source_split,
-            "model.arch": arch,
-            "model.pretrained": pretrained,
-            "iterations": iterations,
-            "batch_size": batch_size,
-            "optim.lr": lr,
-            "noisy_masked.prob": noisy_masked,
-            "seed": seed,
-            "device": device,
-        },
-    )
+    cfg = build_config(TrainSegConfig, config, sets, flag_values("train-seg", locals()))
     metrics = train_segmenter(cfg, out, progress=not quiet)
     typer.echo(json.dumps(metrics, indent=2, default=str))
 
@@ -329,21 +314,7 @@ def train_ddpm_cmd(
     """Train the unconditional target-domain DDPM (EMA, sample grids, resumable)."""
     from diffdass.adaptation.ddpm_training import TrainDDPMConfig, train_ddpm
 
-    cfg = build_config(
-        TrainDDPMConfig,
-        config,
-        sets,
-        {
-            "target.root": target_root,
-            "target.split": target_split,
-            "unet": unet,
-            "iterations": iterations,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "device": device,
-        },
-    )
+    cfg = build_config(TrainDDPMConfig, config, sets, flag_values("train-ddpm", locals()))
     typer.echo(json.dumps(train_ddpm(cfg, out, progress=not quiet), indent=2, default=str))
 
 
@@ -391,26 +362,7 @@ def translate(
     """Translate a labeled source split with the target DDPM and semantic gradient guidance."""
     from diffdass.adaptation.translation import TranslateConfig, translate_dataset
 
-    cfg = build_config(
-        TranslateConfig,
-        config,
-        sets,
-        {
-            "source.root": source_root,
-            "source.split": source_split,
-            "ddpm": ddpm,
-            "segmenter": segmenter,
-            "n": n,
-            "guidance.kind": guidance,
-            "guidance.scale": scale,
-            "guidance.arrangement": arrangement,
-            "guidance.lcg_mode": lcg_mode,
-            "respace_steps": respace_steps,
-            "limit": limit,
-            "seed": seed,
-            "device": device,
-        },
-    )
+    cfg = build_config(TranslateConfig, config, sets, flag_values("translate", locals()))
     res = translate_dataset(cfg, out, progress=not quiet)
     if score_with is not None:
         from diffdass.evaluation.consistency import label_consistency
@@ -445,21 +397,7 @@ def ptl(
     """Progressive Translation Learning: walk domains n = 1..N, fine-tuning g on each."""
     from diffdass.adaptation.ptl import PTLConfig, run_ptl
 
-    cfg = build_config(
-        PTLConfig,
-        config,
-        sets,
-        {
-            "source.root": source_root,
-            "init": init,
-            "ddpm": ddpm,
-            "n_max": n_max,
-            "domains": domains,
-            "num_domains": num_domains,
-            "seed": seed,
-            "device": device,
-        },
-    )
+    cfg = build_config(PTLConfig, config, sets, flag_values("ptl", locals()))
     typer.echo(json.dumps(run_ptl(cfg, out, progress=not quiet), indent=2, default=str))
 
 
@@ -497,7 +435,7 @@ def run(
     from diffdass.pipeline.stages import run_pipeline
     from diffdass.pipeline.summary import summary_lines
 
-    cfg = load_pipeline_config(config, sets, out=out, seed=seed, device=device)
+    cfg = load_pipeline_config(config, sets, **flag_values("run", locals()))
     summary = run_pipeline(cfg, progress=not quiet, echo=typer.echo)
     for line in summary_lines(summary):
         typer.echo(line)
@@ -527,7 +465,7 @@ def calibrate_guidance(
     from diffdass.pipeline.stages import run_pipeline
     from diffdass.pipeline.summary import calibration_lines
 
-    cfg = load_pipeline_config(config, sets, out=out, seed=seed, device=device)
+    cfg = load_pipeline_config(config, sets, **flag_values("calibrate-guidance", locals()))
     res = run_pipeline(cfg, progress=not quiet, echo=typer.echo, calibrate_only=True)
     for line in calibration_lines(res):
         typer.echo(line)
