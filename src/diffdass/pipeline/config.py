@@ -9,6 +9,7 @@ from pathlib import Path
 
 from diffdass.adaptation.calibration import CalibrationSpec
 from diffdass.adaptation.cicld import CICLDConfig
+from diffdass.adaptation.config import SegModelConfig
 from diffdass.adaptation.dacs import DACSConfig
 from diffdass.adaptation.ddpm_training import TrainDDPMConfig
 from diffdass.adaptation.ptl import PTLConfig
@@ -119,45 +120,60 @@ def fill_config(cfg: PipelineConfig) -> PipelineConfig:
     for name in ("source", "target", "val"):
         if not getattr(cfg, name).root:
             raise ConfigError(f"{name}.root is required (or enable the built-in benchmark)")
-    g0 = str(out / "source_only" / "checkpoints" / "final.safetensors")
-    _own(cfg.source_only, "source", cfg.source, "source_only.source", "`source`")
-    _own(cfg.ddpm, "target", cfg.target, "ddpm.target", "`target`")
-    stages = {"source_only": cfg.source_only}
-    if cfg.ptl is not None:
-        _own(cfg.ptl, "source", cfg.source, "ptl.source", "`source`")
-        _own(cfg.ptl, "val", cfg.val, "ptl.val", "`val`")
-        where = "`evaluation.class_sets`"
-        _own(cfg.ptl, "class_sets", cfg.evaluation.class_sets, "ptl.class_sets", where)
-        where = "`evaluation.input_size`"
-        _own(cfg.ptl, "eval_input_size", cfg.evaluation.input_size, "ptl.eval_input_size", where)
-        _own(cfg.ptl, "init", g0, "ptl.init", "the run's source-only stage (g_0)")
-        ddpm = str(out / "ddpm" / "checkpoints" / "final.safetensors")
-        _own(cfg.ptl, "ddpm", ddpm, "ptl.ddpm", "the run's DDPM stage")
-        stages |= {"ddpm": cfg.ddpm, "ptl": cfg.ptl}
-    if cfg.cicld is not None:
-        _own(cfg.cicld, "source", cfg.source, "cicld.source", "`source`")
-        _own(cfg.cicld, "target", cfg.target, "cicld.target", "`target`")
-        stages["cicld"] = cfg.cicld
-    if cfg.dacs is not None:  # DACS continues g_0's training: g_0's weights and architecture
-        _own(cfg.dacs, "source", cfg.source, "dacs.source", "`source`")
-        _own(cfg.dacs, "target", cfg.target, "dacs.target", "`target`")
-        _own(cfg.dacs, "init", g0, "dacs.init", "the run's source-only stage (g_0)")
-        model = dataclasses.replace(cfg.source_only.model)
-        _own(cfg.dacs, "model", model, "dacs.model", "`source_only.model` (DACS continues g_0)")
-        stages["dacs"] = cfg.dacs
-    for name, stage in stages.items():
-        _own(stage, "seed", cfg.seed, f"{name}.seed", "`seed`")
-        _own(stage, "device", cfg.device, f"{name}.device", "`device`")
-    # the source split is shared: source_only.on_error decides for PTL's, CICLD's and DACS's
-    # reads of it too (the DDPM reads only the target, which always raises)
-    for name in ("ptl", "cicld", "dacs"):
-        stage = getattr(cfg, name)
-        if stage is not None:
-            where = "`source_only.on_error` (the source split is shared)"
-            _own(stage, "on_error", cfg.source_only.on_error, f"{name}.on_error", where)
+    for name, stage in stage_sections(cfg).items():
+        for key, (value, source) in _shared(cfg, name).items():
+            if hasattr(stage, key):
+                _own(stage, key, value, f"{name}.{key}", source)
+    stages = stage_sections(cfg)
     for stage in stages.values():
         validate_tree(stage)
     return cfg
+
+
+def stage_sections(cfg: PipelineConfig) -> dict[str, object]:
+    """The stage configs a run trains with: every section with its own ``seed`` and
+    ``device`` that is given (``ddpm`` only with ``ptl``: it serves PTL)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if section is None or not dataclasses.is_dataclass(section):
+            continue
+        if {"seed", "device"} <= {x.name for x in dataclasses.fields(section)}:
+            out[f.name] = section
+    if cfg.ptl is None:
+        out.pop("ddpm", None)
+    return out
+
+
+def _shared(cfg: PipelineConfig, name: str) -> dict[str, tuple[object, str]]:
+    """The keys the pipeline owns in stage section ``name``, by field name: ``{key: (value,
+    where it comes from)}``. A section gets each key it has; a new method's section needs no
+    line here as long as its fields use these names."""
+    out = Path(cfg.out)
+    g0 = str(out / "source_only" / "checkpoints" / "final.safetensors")
+    shared: dict[str, tuple[object, str]] = {
+        "source": (cfg.source, "`source`"),
+        "target": (cfg.target, "`target`"),
+        "val": (cfg.val, "`val`"),
+        "class_sets": (cfg.evaluation.class_sets, "`evaluation.class_sets`"),
+        "eval_input_size": (cfg.evaluation.input_size, "`evaluation.input_size`"),
+        "ddpm": (str(out / "ddpm" / "checkpoints" / "final.safetensors"), "the run's DDPM stage"),
+        "seed": (cfg.seed, "`seed`"),
+        "device": (cfg.device, "`device`"),
+    }
+    if name != "source_only":
+        # a stage that starts from g_0 gets its weights (and a segmenter `model`, its
+        # architecture); the source split is shared, so source_only.on_error decides for
+        # every stage that reads it
+        shared["init"] = (g0, "the run's source-only stage (g_0)")
+        shared["on_error"] = (
+            cfg.source_only.on_error,
+            "`source_only.on_error` (the source split is shared)",
+        )
+        if isinstance(getattr(getattr(cfg, name), "model", None), SegModelConfig):
+            model = dataclasses.replace(cfg.source_only.model)
+            shared["model"] = (model, f"`source_only.model` ({name} continues g_0)")
+    return shared
 
 
 def check_config(cfg: PipelineConfig) -> None:
