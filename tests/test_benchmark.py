@@ -278,3 +278,15 @@ def test_preview_figure(tiny_root, tmp_path):
     out = bm.preview_figure(tiny_root, tmp_path / "img" / "preview.png", n=3)
     with Image.open(out) as im:
         assert im.mode == "RGB" and im.width > 3 * 256 and im.height > 4 * 128
+
+
+def test_tiny_benchmark_pixels_are_pinned(tiny_root):
+    """The scene grammar's output, pinned: any change to the generator (a refactor included)
+    that moves one pixel or label fails here (bump GENERATOR_VERSION when it is meant)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(tiny_root.rglob("*.png")):
+        h.update(p.relative_to(tiny_root).as_posix().encode())
+        h.update(np.ascontiguousarray(np.asarray(Image.open(p))).tobytes())
+    assert h.hexdigest() == "c1506cde99c0627655b32c0ba9f5607aff8616a2035deeef9eba8c46ae3422ef"
