@@ -114,6 +114,16 @@ def test_report_contains_metrics(pipeline_run):
     cls, val = next((c, v) for c, v in evN["per_class_iou"].items() if v is not None)
     assert re.search(rf"<td>{re.escape(cls)}</td>", html)
     assert "data:image/png;base64," in html  # self-contained
+    # the predictions panel: image, label and one column per scored model, 2 saved images
+    from PIL import Image
+
+    panel = Image.open(out / "report" / "predictions.png")
+    ev = json.loads((out / "summary.json").read_text())["methods"]
+    cols = [k for k in ev if (out / k / "eval" / "predictions").is_dir()]
+    assert "Predictions side by side" in html and len(cols) >= 3
+    first = next((out / "source_only" / "eval" / "predictions").glob("*.png"))
+    w, h = Image.open(first).size
+    assert panel.size == ((2 + len(cols)) * w * 2, 2 * h * 2 + 14)
     # Table 4: training time of g_N = g_0 + DDPM + PTL stages, inference time per image
     t4 = summary["table4"]
     secs = summary["seconds"]

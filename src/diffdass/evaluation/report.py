@@ -298,6 +298,28 @@ def _stage_section(sm: dict, picture: Path) -> list[str]:
     return parts
 
 
+def _prediction_panel(out: Path, shorts: dict[str, str], images: int = 4):
+    """The panel of :func:`~diffdass.evaluation.panel.build_panel` over the labeled split the
+    run scored (its ``config.yaml``) and every model's saved predictions; None when the run
+    saved none (``evaluation.save_predictions: 0``) or its split is gone."""
+    import yaml
+
+    from diffdass.evaluation.panel import build_panel
+
+    cfg_path = out / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    val = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("val") or {}
+    cols = [(short, out / name / "eval") for name, short in shorts.items()]
+    cols = [(short, ev) for short, ev in cols if (ev / "predictions").is_dir()]
+    if not cols or not val.get("root"):
+        return None
+    try:
+        return build_panel(Path(val["root"]), val.get("split", "val"), cols, images, scale=2)
+    except FileNotFoundError:
+        return None
+
+
 def write_report(out: str | Path) -> Path:
     """Write ``out/report.html`` and ``out/report/*.png`` from a pipeline directory.
 
@@ -346,6 +368,14 @@ def write_report(out: str | Path) -> Path:
         _img_tag(png, "per-class IoU"),
         _table(["class", *series], prow),
     ]
+    panel = _prediction_panel(out, {name: methods[name]["short"] for name in evals})
+    if panel is not None:
+        panel.save(png_dir / "predictions.png")
+        parts += [
+            "<h2>Predictions side by side</h2>",
+            "<p>Target validation images, their labels and each model's prediction.</p>",
+            _img_tag((png_dir / "predictions.png").read_bytes(), "predictions"),
+        ]
     calib = _read(out / "calibration" / "calibration.json")
     if calib:
         parts += _calibration_section(calib, out / "calibration" / "curve.png")
