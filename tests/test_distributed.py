@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,3 +372,39 @@ def _png(path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im)
+
+
+def test_all_reduce_sum_runs_on_the_collective_device(monkeypatch):
+    """NCCL reduces only tensors on the process's GPU: ``all_reduce_sum`` moves any tensor to
+    the collective device and returns the sum on the caller's device (translation's counters
+    are CPU tensors). The collective device is faked as ``meta`` to tell the two apart."""
+    import accelerate.utils
+
+    seen = []
+
+    def fake_reduce(t, reduction):
+        seen.append((t.device, reduction))
+        return torch.full(t.shape, 7, dtype=t.dtype)  # what the other processes added
+
+    monkeypatch.setattr(dist, "launched", lambda: True)
+    monkeypatch.setattr(dist, "collective_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(accelerate.utils, "reduce", fake_reduce)
+    out = dist.all_reduce_sum(torch.tensor(3))
+    assert seen == [(torch.device("meta"), "sum")]
+    assert out.device == torch.device("cpu") and int(out) == 7
+
+
+def test_collectives_go_through_the_device_safe_wrappers():
+    """Only utils/distributed.py calls torch.distributed or accelerate's collectives; every
+    other module uses its wrappers, which place tensors on the collective device."""
+    import re
+
+    src = Path(dist.__file__).resolve().parents[1]
+    pattern = re.compile(r"torch\.distributed\.(all_reduce|broadcast|all_gather|reduce|gather)|"
+                         r"accelerate\.utils import .*(reduce|gather)")  # fmt: skip
+    offenders = [
+        str(f.relative_to(src))
+        for f in src.rglob("*.py")
+        if f.name != "distributed.py" and pattern.search(f.read_text())
+    ]
+    assert offenders == []

@@ -97,13 +97,21 @@ def device(resolved: torch.device) -> torch.device:
 # ------------------------------------------------------------------------ collectives
 
 
+def collective_device() -> torch.device:
+    """Where this process's collectives run: its GPU under NCCL, the CPU under gloo."""
+    return state().device
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over all processes (a new tensor; the input itself on one)."""
+    """The sum of ``tensor`` over all processes (a new tensor; the input itself on one).
+
+    The tensor may live anywhere: it is reduced on :func:`collective_device` (NCCL takes
+    only tensors on the process's GPU) and the sum comes back on ``tensor``'s device."""
     if not launched():
         return tensor
     from accelerate.utils import reduce
 
-    return reduce(tensor, reduction="sum")
+    return reduce(tensor.to(collective_device()), reduction="sum").to(tensor.device)
 
 
 class _AllReduceSum(torch.autograd.Function):
