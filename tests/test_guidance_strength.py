@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdass.adaptation.calibration import CalibrationSpec, knee, won_back
-from diffdass.adaptation.ptl import PTLConfig, _translate
+from diffdass.adaptation.ptl import PTLConfig
+from diffdass.adaptation.ptl_domain import translate_for_domain
 from diffdass.adaptation.seg_training import poly_lr
 from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig, resize_pair
 from diffdass.diffusion.guidance import GSG, LCG, build_guidance
@@ -214,7 +215,7 @@ def test_x1_stays_within_twice_the_n1_noise_of_the_source(translate_size):
     x0 = F.avg_pool2d(F.interpolate(x0, scale_factor=2, mode="bilinear"), 2)  # smooth-ish
     y = torch.randint(0, NCLS, (2, 16, 32), generator=torch.Generator().manual_seed(4))
     y[:, :2] = IGN
-    xg, yg = _translate(
+    xg, yg = translate_for_domain(
         cfg, x0, y, 1, _ZeroEps(), SCHED, PixelSeg().eval(), torch.Generator(), 0, None
     )
     ref, yref = (x0, y) if translate_size is None else resize_pair(x0, y, (8, 16))

@@ -380,12 +380,12 @@ def test_translation_reuse_translates_fewer_images_same_budget(pipeline_run, tmp
 
 
 def test_pool_order_uses_every_translation_equally():
-    from diffdass.adaptation.ptl import _pool_order
+    from diffdass.adaptation.ptl_domain import pool_order
 
-    assert torch.equal(_pool_order(8, 8, 0), torch.arange(8))
-    o = _pool_order(5, 15, 1)
+    assert torch.equal(pool_order(8, 8, 0), torch.arange(8))
+    o = pool_order(5, 15, 1)
     assert sorted(o.tolist()) == sorted(list(range(5)) * 3)
-    assert torch.equal(o, _pool_order(5, 15, 1)) and not torch.equal(o, _pool_order(5, 15, 2))
+    assert torch.equal(o, pool_order(5, 15, 1)) and not torch.equal(o, pool_order(5, 15, 2))
 
 
 def test_joint_batchnorm_mode_runs_one_forward(pipeline_run, tmp_path, monkeypatch):

@@ -24,35 +24,31 @@ Several processes (``accelerate launch``): the translation batches of a domain a
 among the processes (batch j to process j mod processes; each batch's noise and guidance
 depend only on (seed, k, j), so every translation equals the one-process one) and gathered
 by all; fine-tuning is data-parallel like ``train-seg`` (each process a slice of every global
-batch). Checkpoints (after each domain, no process-dependent state), strips, history and
+batch) when the processes divide ``batch_size``; otherwise (say 8 GPUs at the paper's batch 2)
+the main process fine-tunes alone and sends its weights to the others after each domain, so
+translation, nearly all of PTL's cost, still spreads over every process. Checkpoints (after each domain, no process-dependent state), strips, history and
 metrics are written by the main process; a run resumes with any number of processes.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from diffdass.adaptation.augment import NoisyMaskedAugment
 from diffdass.adaptation.config import AugConfig, NoisyMaskedConfig, OptimConfig
+from diffdass.adaptation.ptl_domain import (
+    run_domain,
+    save_strip,
+    sharded_finetuning,
+)
 from diffdass.adaptation.seg_training import SegTrainer
 from diffdass.adaptation.translation import (
     GuidanceConfig,
     SamplerConfig,
-    batch_generator,
-    resize_pair,
-    translate_batch,
 )
 from diffdass.data.folder import (
     DomainSpec,
-    StreamBatchSampler,
-    StreamDataset,
-    tensor_to_image,
 )
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize
@@ -61,8 +57,7 @@ from diffdass.training import TrainLoop
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
-from diffdass.utils.io import save_image, write_json
-from diffdass.utils.rng import derive_seed
+from diffdass.utils.io import write_json
 from diffdass.utils.run import RunDir
 
 
@@ -201,10 +196,6 @@ class PTLConfig:
 LR_SCHEDULES = ("domain", "constant", "global")
 
 
-def _domain_seed(seed: int, k: int, stream: int) -> int:
-    return derive_seed(seed, 5151, stream, k, high=2**31 - 1)
-
-
 #: what a PTL run may change when resumed (nothing that changes the weights; the domain
 #: schedule and iterations_per_domain fix the lr schedule's total, so they may not change)
 RESUME_IGNORE = ("num_workers", "eval_every")
@@ -291,7 +282,6 @@ def run_ptl(cfg: PTLConfig, out: str | Path, progress: bool = True) -> dict:
             run.logger.info("already complete: %s", final)
         return done
     scans = preflight(cfg)
-    dist.local_batch_size(cfg.batch_size)  # before anything is written
     with dist.main_open(run, cfg, RESUME_IGNORE):
         out = _run(cfg, run, scans, progress and dist.is_main())
     dist.barrier()  # the checkpoints exist for every process when this returns
@@ -335,6 +325,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         noisy_masked=nm,
         joint_bn=cfg.bn == "joint",
         lr_fn=cfg.lr_at,
+        distributed=sharded_finetuning(cfg.batch_size),
     )
     meta = segmenter_meta_from(smeta)
     val_ds = val_scan.dataset() if val_scan is not None else None
@@ -361,7 +352,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
     def step(k: int, _) -> dict:
         n = levels[k]
         if strip_idx and main:  # X^n of a few fixed images, guided by g_{k-1} like the domain
-            _save_strip(
+            save_strip(
                 cfg,
                 k,
                 n,
@@ -374,7 +365,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
                 run.path,
                 moments,
             )
-        rec = _run_domain(cfg, k, n, ds, trainer, unet, schedule, device, moments)
+        rec = run_domain(cfg, k, n, ds, trainer, unet, schedule, device, moments)
         if val_ds is not None and cfg.eval_every and (k + 1) % cfg.eval_every == 0:
             if k + 1 < len(levels):
                 res = evaluate(
@@ -438,8 +429,9 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         history[-1]["val_miou"] = res["miou"]
         if main:
             write_json(hist_path, history)
-    if trainer.world > 1:
-        metrics["processes"] = trainer.world
+    if dist.world_size() > 1:
+        metrics["processes"] = dist.world_size()
+        metrics["finetuning"] = "sharded" if trainer.world > 1 else "main process"
     if main:
         run.write_metrics(metrics)
     return metrics
@@ -452,144 +444,6 @@ def segmenter_meta_from(smeta: dict) -> dict:
 def _fixed_size(a: AugConfig) -> tuple[int, int]:
     """The size every training sample has after augmentation (crop, else resize)."""
     return tuple(a.crop) if a.crop else tuple(a.resize)
-
-
-def _translate(cfg, x0, y, n, unet, schedule, guide, generator, seed, moments):
-    """translate_batch at ``cfg.translate_size`` (if set): returns the translations and their
-    labels, both at the translation size (labels nearest-resized; no resize back)."""
-    if cfg.translate_size and tuple(cfg.translate_size) != tuple(x0.shape[-2:]):
-        x0, y = resize_pair(x0, y, tuple(cfg.translate_size))
-    xg = translate_batch(
-        x0,
-        y,
-        n,
-        unet,
-        schedule,
-        guide,
-        cfg.guidance,
-        generator,
-        cfg.reverse_steps if cfg.domains == "spread" else None,
-        seed=seed,
-        sampler=cfg.sampler,
-        moments=moments,
-    )
-    return xg, y
-
-
-def _run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, moments) -> dict:
-    """Translate the images domain k consumes (guided by the frozen g_{k-1}), then fine-tune.
-
-    On several processes translation batch j runs on process j mod processes and every
-    process gathers all translations before data-parallel fine-tuning on its slice of each
-    global batch; on one process the same code translates every batch and trains on whole
-    batches, so the result does not depend on the process count (tests/test_distributed.py).
-    """
-    t0 = time.perf_counter()
-    iters, bs = cfg.iterations_per_domain, cfg.batch_size
-    first_it = k * iters
-    sampler = StreamBatchSampler(len(ds), bs, cfg.seed, first_it, first_it + iters)
-    keys = [key for batch in sampler for key in batch][: cfg.translated_per_domain()]
-    stream = StreamDataset(ds)
-    guide = copy.deepcopy(trainer.model).eval()
-    for p in guide.parameters():
-        p.requires_grad_(False)
-    tb = cfg.translate_batch_size
-    starts = list(range(0, len(keys), tb))
-    mine = set(dist.shard(range(len(starts))))
-    src_imgs, labels, done = [], [], []  # done: (batch j, translations, their labels)
-    for j, s in enumerate(starts):
-        items = [stream[key] for key in keys[s : s + tb]]
-        x0 = torch.stack([it["image"] for it in items])
-        y = torch.stack([it["label"] for it in items])
-        src_imgs.append(x0.half())
-        labels.append(y)
-        if j not in mine:
-            continue
-        xg, yg = _translate(
-            cfg,
-            x0.to(device),
-            y.to(device),
-            n,
-            unet,
-            schedule,
-            guide,
-            batch_generator(_domain_seed(cfg.seed, k, 0), j),
-            _domain_seed(cfg.seed, k, 1) + j,
-            moments,
-        )
-        done.append((j, (xg.cpu().half(), yg.cpu())))
-    del guide
-    gathered = dict(dist.gather_objects(done))
-    translated = [gathered[j][0] for j in range(len(starts))]
-    yn = torch.cat([gathered[j][1] for j in range(len(starts))])  # at the translation size
-    t_tr = time.perf_counter() - t0
-    xs, ys, xn = torch.cat(src_imgs), torch.cat(labels), torch.cat(translated)
-    order = _pool_order(len(keys), iters * bs, _domain_seed(cfg.seed, k, 2))
-    b = dist.local_batch_size(bs)
-    off = dist.batch_offset(b)
-    losses, parts, lrs = [], [], []
-    for i in range(iters):
-        sl = order[i * bs : (i + 1) * bs][off : off + b]  # this process's slice
-        batches = [(xn[sl].float(), yn[sl])]
-        if cfg.loss_src:
-            batches.append((xs[sl].float(), ys[sl]))
-        st = trainer.step(first_it + i, batches)
-        losses.append(st["loss"])
-        parts.append(st["parts"])
-        lrs.append(st["lr"])
-    pa = np.asarray(parts)
-    return {
-        "domain": k + 1,
-        "n": n,
-        "reverse_steps": cfg.reverse_calls(n) if cfg.domains == "spread" else n,
-        "translated_images": len(keys),
-        "loss": float(np.mean(losses)),
-        "loss_ada": float(pa[:, 0].mean()),
-        "loss_src": float(pa[:, 1].mean()) if cfg.loss_src else None,
-        "lr_first": lrs[0],
-        "lr_last": lrs[-1],
-        "translate_seconds": t_tr,
-        "seconds": time.perf_counter() - t0,
-    }
-
-
-def _pool_order(pool: int, needed: int, seed: int) -> torch.Tensor:
-    """Indices into a pool of ``pool`` translations for ``needed`` samples: ``0..needed-1`` when
-    the pool holds them all, else seeded permutations of the pool, concatenated."""
-    if pool >= needed:
-        return torch.arange(needed)
-    g = torch.Generator().manual_seed(seed)
-    reps = -(-needed // pool)
-    return torch.cat([torch.randperm(pool, generator=g) for _ in range(reps)])[:needed]
-
-
-def _save_strip(
-    cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_path: Path, moments
-) -> None:
-    """Translate a few fixed source images at this domain's n (Fig. 4 strips)."""
-    items = [strip_ds[i] for i in idx]
-    x0 = torch.stack([it["image"] for it in items]).to(device)
-    y = torch.stack([it["label"] for it in items]).to(device)
-    was_training = model.training
-    model.eval()
-    xg, _ = _translate(
-        cfg,
-        x0,
-        y,
-        n,
-        unet,
-        schedule,
-        model,
-        batch_generator(_domain_seed(cfg.seed, 0, 9), 0),
-        cfg.seed,
-        moments,
-    )
-    model.train(was_training)
-    for it, x in zip(items, xg, strict=True):
-        save_image(run_path / "strips" / it["stem"] / f"n{n:04d}.png", tensor_to_image(x))
-        src = run_path / "strips" / it["stem"] / "n0000.png"
-        if not src.is_file():
-            save_image(src, tensor_to_image(it["image"]))
 
 
 def _levels_repr(levels: list[int]) -> str:

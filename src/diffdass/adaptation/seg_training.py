@@ -151,6 +151,7 @@ class SegTrainer:
         noisy_masked: NoisyMaskedAugment | None = None,
         joint_bn: bool = False,
         lr_fn=None,
+        distributed: bool = True,
     ) -> None:
         self.model = model.to(device)
         # base lr of an iteration; default: the optimiser's (warm-up and) poly decay over
@@ -166,7 +167,9 @@ class SegTrainer:
         # concatenation (BatchNorm statistics of both) instead of one forward each
         self.joint_bn = joint_bn
         self.noisy_masked = noisy_masked
-        self.world = dist.world_size()
+        # distributed=False: this process trains alone even under a launcher (PTL's main
+        # process when the processes do not divide the batch)
+        self.world = dist.world_size() if distributed else 1
         if self.world > 1:
             # every process starts from the main one's weights; BatchNorm sees the global batch
             dist.broadcast_module(self.model)
