@@ -347,6 +347,33 @@ def test_option_rows_are_valid_and_distinct(tmp_path):
     assert len(sigs) == len(ROWS["options"]) + 1
 
 
+def test_schedule_rows_double_each_cost_knob_of_the_config(tmp_path):
+    """The `schedule` rows scale the config's own values ("*2", "/2"): twice the domains,
+    twice the reverse steps, half the reuse (twice the translated images), LCG in one pass."""
+    from diffdass.pipeline.ablate import ROWS, Row, row_configs
+    from diffdass.pipeline.config import fill_config
+
+    cfg = fill_config(tiny_config(tmp_path / "run"))
+    cfg.ptl.num_domains, cfg.ptl.reverse_steps, cfg.ptl.translation_reuse = 3, 4, 4
+    got = {row.name: row_configs(cfg, row, tmp_path / "r")[0] for row in ROWS["schedule"]}
+    assert got["x2 domains"].num_domains == 6
+    assert got["x2 reverse steps"].reverse_steps == 8
+    half = got["x2 translated images (half the reuse)"]
+    assert half.translation_reuse == 2
+    assert half.translated_per_domain() == 2 * cfg.ptl.translated_per_domain()
+    assert got["LCG in one pass (single_pass)"].guidance.lcg_mode == "single_pass"
+    assert (
+        row_configs(cfg, Row("g", "r", "", {"reverse_steps": "/8"}), tmp_path / "b")[
+            0
+        ].reverse_steps
+        == 1
+    )  # at least 1
+    with pytest.raises(ConfigError, match="factor must be > 0"):
+        row_configs(cfg, Row("g", "r", "", {"reverse_steps": "*0"}), tmp_path / "b")
+    with pytest.raises(ConfigError, match="numeric base value"):
+        row_configs(cfg, Row("g", "r", "", {"domains": "*2"}), tmp_path / "b")
+
+
 def test_control_row_has_the_full_methods_budget_without_translation(tmp_path):
     """The control row fine-tunes g_0 as long as the full method, on phi^1 (one reverse step
     from t = 1: the source image plus noise of std 0.01), unguided."""

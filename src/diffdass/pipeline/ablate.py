@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import fcntl
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,22 @@ def _apply(obj, overrides: dict):
             cur = cur[p]
         if last not in cur:
             raise ConfigError(f"ablation override {key}: unknown key")
-        cur[last] = v
+        cur[last] = _scaled(key, cur[last], v)
     return from_dict(type(obj), d)
+
+
+def _scaled(key: str, current, value):
+    """``value``, or for ``"*2"`` / ``"/2"`` (any number) the base config's numeric value
+    multiplied / divided by it (integers rounded, at least 1)."""
+    if not (isinstance(value, str) and re.fullmatch(r"[*/]\d+(\.\d*)?", value)):
+        return value
+    if isinstance(current, bool) or not isinstance(current, (int, float)):
+        raise ConfigError(f"ablation override {key}: {value!r} needs a numeric base value")
+    factor = float(value[1:])
+    if factor <= 0:
+        raise ConfigError(f"ablation override {key}: {value!r}: the factor must be > 0")
+    out = current * factor if value[0] == "*" else current / factor
+    return max(1, round(out)) if isinstance(current, int) else out
 
 
 def _slug(row: Row) -> str:
