@@ -11,12 +11,18 @@ One launch of 2 processes (``python -m torch.distributed.run``, the launcher und
 - ``ptl`` (translation batches shared out and gathered, data-parallel fine-tuning);
 - ``translate`` (batches shared out, preview rows gathered).
 
+A second launch of 4 processes runs ``ptl`` at fine-tuning batch 2, which 4 processes do not
+divide: translation batches shared out over all 4 (some processes get two), the main process
+fine-tunes alone and sends its weights to the others; the translations, losses, weights and
+strips are then those of one process up to gathering.
+
 Tolerances. Evaluation and translation: exact (integer pixel counts; the same forward per image). Training:
 each step computes the one-process step up to floating-point summation order (BatchNorm
 statistics and gradients summed over processes), which drifts over the steps: per-iteration
 losses within 1e-3 relative (observed: 1e-5), final weights and BatchNorm statistics within
 1e-3 absolute (observed: 7e-5 after 6 SGD steps; the DDPM's 3 Adam steps: 2e-5) and the mIoU
-of the final model within 0.5 points (observed: equal)."""
+of the final model within 0.5 points (observed: equal). PTL on 4 processes with the main one
+fine-tuning: the same tolerances (observed: exact, losses and weights alike)."""
 
 from __future__ import annotations
 
@@ -85,6 +91,23 @@ WORKER = textwrap.dedent(
     """
 )
 
+PTL_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    from diffdass.adaptation.ptl import PTLConfig, run_ptl
+    from diffdass.utils import distributed as dist
+    from diffdass.utils.config import load_config
+
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(spec["out"])
+    res = {"world": dist.world_size(), "rank": dist.rank()}
+    res["ptl"] = run_ptl(load_config(PTLConfig, None, spec["ptl"]), out / "ptl4", progress=False)
+    Path(out / f"result_rank{dist.rank()}.json").write_text(json.dumps(res, default=str))
+    """
+)
+
 
 def _seg_over(root) -> dict:
     return {
@@ -147,6 +170,21 @@ def _ptl_over(root, init, ddpm) -> dict:
     }
 
 
+def _train_tiny(tmp_path) -> tuple[Path, dict, dict]:
+    """The tiny labeled dataset (12 train, 6 val images of 32x48) and the one-process
+    segmenter (``seg1``) and DDPM (``ddpm1``) trained on it in this process (call it with
+    one torch thread, as the workers have). Returns the dataset root and both runs' metrics."""
+    root = write_folder_dataset(tmp_path / "ds", n=12, size=(32, 48))
+    write_folder_dataset(tmp_path / "ds", split="val", n=6, size=(32, 48), seed=1)
+    seg = train_segmenter(
+        load_config(TrainSegConfig, None, _seg_over(root)), tmp_path / "seg1", progress=False
+    )
+    ddpm = train_ddpm(
+        load_config(TrainDDPMConfig, None, _ddpm_over(root)), tmp_path / "ddpm1", progress=False
+    )
+    return root, seg, ddpm
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,18 +234,13 @@ def _close_weights(a_path, b_path, atol: float) -> float:
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    root = write_folder_dataset(tmp_path / "ds", n=12, size=(32, 48))
-    write_folder_dataset(tmp_path / "ds", split="val", n=6, size=(32, 48), seed=1)
-    seg_over, ddpm_over = _seg_over(root), _ddpm_over(root)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers (OMP_NUM_THREADS=1)
     try:
         # one-process references, in this process
+        root, one, ddpm1 = _train_tiny(tmp_path)
+        seg_over, ddpm_over = _seg_over(root), _ddpm_over(root)
         cfg = load_config(TrainSegConfig, None, seg_over)
-        one = train_segmenter(cfg, tmp_path / "seg1", progress=False)
-        ddpm1 = train_ddpm(
-            load_config(TrainDDPMConfig, None, ddpm_over), tmp_path / "ddpm1", progress=False
-        )
         # a 1-process run killed at iteration 4 (its last checkpoint: iteration 3) ...
         from diffdass.adaptation import seg_training
 
@@ -335,6 +368,59 @@ def test_two_processes_match_one(tmp_path):
         assert np.array_equal(_png(a), _png(b)), a.name
     sheet = "previews/sheet.png"
     assert np.array_equal(_png(tmp_path / "tr1" / sheet), _png(tmp_path / "tr2" / sheet))
+
+
+@pytest.mark.slow
+def test_four_processes_not_dividing_the_batch_match_one(tmp_path, one_thread):
+    """PTL at batch 2 on 4 processes: translation shared out, fine-tuning on the main one."""
+    root, _, _ = _train_tiny(tmp_path)
+    over = _ptl_over(
+        root,
+        tmp_path / "seg1" / "checkpoints" / "final.safetensors",
+        tmp_path / "ddpm1" / "checkpoints" / "final.safetensors",
+    )
+    over.update(
+        {
+            "iterations_per_domain": 3,
+            "batch_size": 2,  # not divisible by 4 processes: the main process fine-tunes
+            "translate_batch_size": 1,  # 6 batches per domain: processes 0, 1 get two each
+            "strip_images": 2,  # the default: one batch
+        }
+    )
+    one = run_ptl(load_config(PTLConfig, None, over), tmp_path / "ptl1", progress=False)
+    assert "processes" not in one and "finetuning" not in one
+
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"out": str(tmp_path), "ptl": over}))
+    script = tmp_path / "worker.py"
+    script.write_text(PTL_WORKER)
+    _launch(script, spec_path, 4)
+    res = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(4)]
+    assert [r["world"] for r in res] == [4] * 4 and [r["rank"] for r in res] == [0, 1, 2, 3]
+    for r in res:
+        assert r["ptl"]["processes"] == 4 and r["ptl"]["finetuning"] == "main process"
+    written = json.loads((tmp_path / "ptl4" / "metrics.json").read_text())
+    assert written["processes"] == 4 and written["finetuning"] == "main process"
+
+    d1, d4 = (read_json(tmp_path / r / "domains.json") for r in ("ptl1", "ptl4"))
+    assert [d["translated_images"] for d in d4] == [d["translated_images"] for d in d1] == [6, 6]
+    for a, b in zip(d1, d4, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_RTOL)
+        assert b["loss_ada"] == pytest.approx(a["loss_ada"], rel=LOSS_RTOL)
+    _close_weights(
+        tmp_path / "ptl1" / "checkpoints" / "final.safetensors",
+        tmp_path / "ptl4" / "checkpoints" / "final.safetensors",
+        WEIGHT_ATOL,
+    )
+    # the strips: 2 images x (source + 2 domains), written once, the one-process pixels
+    strips1 = sorted((tmp_path / "ptl1" / "strips").rglob("*.png"))
+    strips4 = sorted((tmp_path / "ptl4" / "strips").rglob("*.png"))
+    assert len(strips1) == 6
+    assert [p.relative_to(tmp_path / "ptl1") for p in strips1] == [
+        p.relative_to(tmp_path / "ptl4") for p in strips4
+    ]
+    for a, b in zip(strips1, strips4, strict=True):
+        assert np.array_equal(_png(a), _png(b)), a
 
 
 def test_single_process_needs_no_setup(monkeypatch):

@@ -351,7 +351,13 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
 
     def step(k: int, _) -> dict:
         n = levels[k]
-        if strip_idx and main:  # X^n of a few fixed images, guided by g_{k-1} like the domain
+        # X^n of a few fixed images, guided by g_{k-1} like the domain. On the main process
+        # only: one batch of strip_images (2 by default) against the domain's
+        # translated_per_domain() images shared out over all processes (600 at the paper's
+        # I = 300, B = 2: in batches of 8 on 8 processes, 72 or 80 each, the main one 80 + 2),
+        # so the others hardly wait for it at the gather. Split over processes the strip
+        # would change: one generator draws the noise of the whole strip batch.
+        if strip_idx and main:
             save_strip(
                 cfg,
                 k,
