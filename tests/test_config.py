@@ -99,9 +99,10 @@ def test_shipped_configs_load_and_validate():
     from diffdass.pipeline.config import DEFAULT_CONFIG, PipelineConfig, fill_config
 
     files = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
-    paper = [f for f in files if "_cityscapes_" in f.name]
-    assert len(paper) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
-    assert [f.name for f in files if f not in paper] == [
+    fast = [f for f in files if f.name.endswith("_fast.yaml")]
+    paper = [f for f in files if "_cityscapes_" in f.name and f not in fast]
+    assert len(paper) == len(fast) == 6  # {GTA5, SYNTHIA} x {DeepLab-V2, FCN-8s, SegFormer}
+    assert [f.name for f in files if f not in paper + fast] == [
         "benchmark_study.yaml",
         "cicld_benchmark.yaml",
         "cicld_gta5.yaml",
@@ -120,6 +121,13 @@ def test_shipped_configs_load_and_validate():
             assert cfg.ptl.guidance.is_auto and cfg.ptl.guidance.reduction == "sum"
             assert cfg.source_only.iterations == 20000 and cfg.source_only.optim.lr == 2.5e-4
             assert cfg.ddpm.lr == 2e-5 and cfg.ddpm.batch_size == 4
+        if f in fast:
+            # the paper's recipe on a cheaper PTL schedule (docs/performance.md)
+            assert cfg.ptl.domains == "spread" and cfg.ptl.n_max == 600
+            assert cfg.ptl.reverse_steps and cfg.ptl.translation_reuse > 1
+            assert cfg.ptl.guidance.lcg_mode == "single_pass"
+            assert cfg.ptl.batch_size == 2 and cfg.ptl.optim.lr == 2.5e-4
+            assert cfg.source_only.iterations == 20000
 
 
 def test_a_config_inherits_its_base(tmp_path):
@@ -141,6 +149,14 @@ def test_a_config_inherits_its_base(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(PipelineConfig, tmp_path / "a.yaml", validate=False)
+    # a list of bases: merged in order, then this file
+    (tmp_path / "overlay.yaml").write_text("source_only: {batch_size: 8}\nseed: 5\n")
+    (tmp_path / "two.yaml").write_text("base: [mid.yaml, overlay.yaml]\nseed: 6\n")
+    cfg = load_config(PipelineConfig, tmp_path / "two.yaml", validate=False)
+    assert (cfg.seed, cfg.source_only.iterations, cfg.source_only.batch_size) == (6, 70, 8)
+    (tmp_path / "bad.yaml").write_text("base: [mid.yaml, 3]\n")
+    with pytest.raises(ConfigError, match="or a list of them"):
+        load_config(PipelineConfig, tmp_path / "bad.yaml", validate=False)
     (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
         load_config(PipelineConfig, tmp_path / "c.yaml", validate=False)
@@ -150,7 +166,14 @@ def test_the_paper_configs_are_their_base_plus_a_few_lines():
     from pathlib import Path
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    for f in sorted(configs.glob("*_cityscapes_*.yaml")):
+    literal = sorted(set(configs.glob("*_cityscapes_*.yaml")) - set(configs.glob("*_fast.yaml")))
+    assert len(literal) == 6
+    for f in literal:
         settings = [ln for ln in f.read_text().splitlines() if ln and not ln.startswith("#")]
         assert settings[0] == "base: base/peng2023.yaml", f.name
         assert len(settings) <= 16, f.name
+        # each has a fast version: the literal config with the fast schedule overlaid
+        fast = f.with_name(f.stem + "_fast.yaml")
+        settings = [ln for ln in fast.read_text().splitlines() if ln and not ln.startswith("#")]
+        assert settings[0] == f"base: [{f.name}, base/fast.yaml]", fast.name
+        assert len(settings) <= 2, fast.name

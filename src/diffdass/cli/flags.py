@@ -12,6 +12,12 @@ _SEED_DEVICE = {"seed": "seed", "device": "device"}
 
 #: command -> {parameter name of the command: dotted config key}
 FLAGS: dict[str, dict[str, str]] = {
+    "estimate": {
+        "image_size": "estimate.image_size",
+        "val_images": "estimate.val_images",
+        "target_images": "estimate.target_images",
+        "device": "device",
+    },
     "train-seg": {
         "source_root": "source.root",
         "source_split": "source.split",

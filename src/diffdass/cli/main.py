@@ -565,19 +565,30 @@ def estimate(
         ),
     ] = None,
     sets: SetOpt = None,
-    processes: Annotated[
-        int, typer.Option(help="N of the projected N-process column (linear scaling).")
-    ] = 8,
-    steps: Annotated[int, typer.Option(help="Timed warm steps per stage.")] = 3,
+    gpu: Annotated[
+        str | None,
+        typer.Option(help="h100 | h200 | a100 | cpu: count FLOPs, time nothing (no device).")
+    ] = None,
+    processes: Annotated[int, typer.Option(help="N of the N-process column.")] = 8,
+    steps: Annotated[int, typer.Option(help="Timed warm steps per unit (made even).")] = 4,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the estimate as JSON here.")
     ] = None,
+    image_size: Annotated[
+        tuple[int, int] | None, typer.Option(help="H W of the target images, if not on disk.")
+    ] = None,
+    val_images: Annotated[int | None, typer.Option(help="Labeled target val images.")] = None,
+    target_images: Annotated[int | None, typer.Option(help="Unlabeled target images.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
 ):
-    """Time a few steps of every stage here; print the projected hours of the whole run."""
+    """Hours of every stage of CONFIG on one device and on N, counted in FLOPs (no data on
+    disk needed) and timed here, or converted with a named device's rate (--gpu)."""
     from diffdass.pipeline.estimate import run_estimate
 
-    run_estimate(config, sets, processes, steps, json_out, device, echo=typer.echo)
+    flags = flag_values("estimate", locals())
+    if image_size is not None:
+        flags["estimate.image_size"] = list(image_size)
+    run_estimate(config, sets, processes, steps, json_out, flags, typer.echo, gpu=gpu)
 
 
 @app.command()

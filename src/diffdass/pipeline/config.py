@@ -48,6 +48,17 @@ class EvalSpec:
 
 
 @dataclass
+class EstimateSpec:
+    """The data sizes ``diffdass estimate`` counts with when the data is not on disk (the
+    built-in benchmark and data on disk say them; these keys win)."""
+
+    image_size: list[int] | None = None  # [H, W] of the target (val) images
+    val_images: int | None = None  # labeled target images scored by every evaluation
+    target_images: int | None = None  # unlabeled target train images (AdaBN)
+    classes_present: int = 12  # classes per label image: LCG's passes per guided step
+
+
+@dataclass
 class PipelineConfig:
     out: str = "runs/benchmark"
     seed: int = 0
@@ -72,6 +83,8 @@ class PipelineConfig:
     # DACS baseline (adaptation/dacs.py): runs when given; it starts from g_0, so its
     # ``init`` and ``model`` are the source-only model's, set by the pipeline
     dacs: DACSConfig | None = None
+    # data sizes for `diffdass estimate` without the data on disk (not used by `run`)
+    estimate: EstimateSpec = field(default_factory=EstimateSpec)
 
 
 def load_pipeline_config(

@@ -1,27 +1,33 @@
-"""``diffdass estimate CONFIG``: how long a pipeline config takes, per stage, here and on N
-processes.
+"""``diffdass estimate CONFIG``: how long a pipeline config takes, per stage, on one device
+and on N processes, with no data on disk.
 
-Each long stage is built as the config says (architectures, batch sizes, crops, UNet preset,
-reverse steps, guidance) on random inputs of the config's sizes -- speed does not depend on
-the weights or the pixel values -- and a few warm steps of it are timed on this machine:
+The work of every stage is counted in FLOPs by the cost model (:mod:`diffdass.pipeline.cost`).
+Time comes from one of two rates:
 
-==================  ==============================================================
-stage               timed unit
-==================  ==============================================================
-source-only         one training iteration of ``source_only`` (also the oracle's)
-ddpm                one DDPM training iteration (forward, backward, clip, Adam, EMA)
-ptl translation     one guided reverse call on a batch of ``ptl.translate_batch_size``
-ptl fine-tuning     one fine-tuning iteration (L_ada + L_src batches)
-evaluation          one validation image (forward, upsampling, arg-max)
-==================  ==============================================================
+- ``--gpu h100|h200|a100|cpu``: a named device's bf16 peak times the fraction of it a run
+  reaches (:data:`diffdass.pipeline.cost.DEVICES`); nothing is built or timed.
+- otherwise, measured here: each long stage is built as the config says (architectures, batch
+  sizes, crops, UNet preset, reverse steps, guidance) on random inputs of the config's sizes
+  -- speed does not depend on the weights or the pixel values -- and a few warm steps of it
+  are timed on this machine, which gives this machine's FLOP rate per kind of work:
 
-The whole run's work is then counted from the config (iterations, translation batches times
-reverse calls of every domain, validation images times the evaluations the pipeline runs)
-and multiplied out. The N-process column is a **projection**: it assumes linear scaling
-(each process computes 1/N of every global batch and of the evaluation images in the same
-time per sample, communication free); translation is shared out by whole batches, so a
-domain takes ceil(batches / N) batch times. Not counted: benchmark generation, the AdaBN
-statistics pass, stage metrics, the report, process start-up and data loading.
+==================  ==========================================  ==========================
+timed unit          rate used for                               how
+==================  ==========================================  ==========================
+training iteration  source-only, oracle, judge training         ``source_only``'s step
+DDPM iteration      DDPM training                               forward, backward, Adam, EMA
+reverse call        PTL translation, calibration, stage metrics an even number of L/G
+                                                                steps after one L and one
+                                                                G warm-up step
+fine-tuning step    PTL fine-tuning                             L_ada (+ L_src) batches
+validation image    evaluation, AdaBN statistics                forward, upsampling, arg-max
+image decode        data loading (a row of its own)             PNG of the config's size,
+                                                                decoded and resized
+==================  ==========================================  ==========================
+
+The N-process column divides only the stages that accept N processes at this config
+(:mod:`diffdass.pipeline.cost`: training stages whose global batch N divides, translation by
+whole batches, evaluation by images); the others stay at their one-process time.
 """
 
 from __future__ import annotations
@@ -30,86 +36,18 @@ import dataclasses
 import math
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from diffdass.pipeline.config import load_pipeline_config
 
-ASSUMPTION = (
-    "projection for N processes: linear scaling (each process computes 1/N of every global "
-    "batch and of the evaluation images at the measured time per sample; communication and "
-    "start-up not counted); translation is shared out by whole batches (ceil(batches/N) per "
-    "domain)"
+NOT_COUNTED = (
+    "benchmark generation, the report, element-wise work (norms, activations, the optimiser)"
 )
-NOT_COUNTED = "benchmark generation, AdaBN statistics, stage metrics, report, data loading"
-
-
-@dataclass
-class Row:
-    """One stage of the projection."""
-
-    stage: str
-    unit: str
-    seconds_per_unit: float
-    units: int  # in the whole run, one process
-    units_per_process: float  # the N-process projection's units on each process
-    hours: float = field(init=False)
-    hours_n: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.hours = self.seconds_per_unit * self.units / 3600.0
-        self.hours_n = self.seconds_per_unit * self.units_per_process / 3600.0
 
 
 # ------------------------------------------------------------------------- the config
-
-
-def _image_size(cfg) -> tuple[int, int]:
-    """The size of the validation (and, uncropped, training) images."""
-    if cfg.benchmark.enabled:
-        return (cfg.benchmark.height, cfg.benchmark.width)
-    from PIL import Image
-
-    for spec in (cfg.val, cfg.source):
-        imgs = Path(spec.root or ".") / spec.split / "images"
-        first = next(iter(sorted(imgs.glob("*"))), None) if imgs.is_dir() else None
-        if first is not None:
-            with Image.open(first) as im:
-                return (im.height, im.width)
-    from diffdass.utils.config import ConfigError
-
-    raise ConfigError(
-        "estimate: cannot tell the image size: no benchmark and no image under "
-        f"{cfg.val.root}/{cfg.val.split}/images or {cfg.source.root}/{cfg.source.split}/images"
-    )
-
-
-def _val_images(cfg) -> int:
-    if cfg.benchmark.enabled:
-        return int(cfg.benchmark.n_target_val)
-    imgs = Path(cfg.val.root or ".") / cfg.val.split / "images"
-    return sum(1 for _ in imgs.glob("*")) if imgs.is_dir() else 0
-
-
-def _num_classes(cfg) -> int:
-    if not cfg.benchmark.enabled and cfg.source.root:
-        from diffdass.data.folder import ClassInfo
-
-        try:
-            return ClassInfo.load(cfg.source.root).num_classes
-        except Exception:
-            pass
-    return 19
-
-
-def _train_size(aug, full: tuple[int, int]) -> tuple[int, int]:
-    if aug.crop:
-        return tuple(aug.crop)
-    if aug.resize:
-        return tuple(aug.resize)
-    return full
 
 
 def evaluations(cfg) -> int:
@@ -168,7 +106,7 @@ def _seg_step_time(
     from diffdass.diffusion.schedule import DDPMSchedule
     from diffdass.models.factory import build_segmenter
 
-    size = _train_size(aug, full)
+    size = train_size_of(aug, full)
     model = build_segmenter(scfg.arch, nc, pretrained=False)
     nm = None
     if nm_cfg.prob > 0:
@@ -196,9 +134,11 @@ def measure(cfg, steps: int = 3, device: torch.device | None = None) -> dict[str
     from diffdass.utils.device import resolve_device
 
     device = device or resolve_device(cfg.device)
+    from diffdass.pipeline.cost import data_sizes
+
     torch.manual_seed(0)
-    full = _image_size(cfg)
-    nc = _num_classes(cfg)
+    sizes = data_sizes(cfg)
+    full, nc = sizes.image, sizes.num_classes
     so = cfg.source_only
     out: dict[str, float] = {}
     out["source_only"] = _seg_step_time(
@@ -267,16 +207,18 @@ def _translate_call_time(cfg, full, nc, device, steps: int) -> float:
 
     p, d = cfg.ptl, cfg.ddpm
     size = tuple(d.resize) if d.resize else full
-    tsize = tuple(p.translate_size) if p.translate_size else _train_size(p.aug, full)
+    tsize = tuple(p.translate_size) if p.translate_size else train_size_of(p.aug, full)
     unet = build_unet(d.unet, sample_size=size).to(device).eval()
     seg = build_segmenter(cfg.source_only.model.arch, nc, pretrained=False).to(device).eval()
     schedule = DDPMSchedule(num_timesteps=d.num_timesteps)
     n = min(p.n_max, schedule.num_timesteps)
-    calls = max(1, min(p.reverse_calls(n) if p.domains == "spread" else n, max(2, steps)))
+    # an even number of calls: as many LCG as GSG steps of an alternating SGG
+    calls = min(timed_calls(cfg, steps), n)
     t_max = schedule.num_timesteps - 1
     moments = EpsMoments((0, t_max), (0.05, 0.95))  # any values: the cost is the same
     x0 = (torch.rand(p.translate_batch_size, 3, *tsize) * 2 - 1).to(device)
-    y = block_labels(p.translate_batch_size, tsize, nc).to(device)
+    y = block_labels(p.translate_batch_size, tsize, nc, cfg.estimate.classes_present)
+    y = y.to(device)
     # the cost does not depend on the strength: `scale: auto` is timed at the default value
     guide = (
         dataclasses.replace(p.guidance, scale=DEFAULT_SCALE) if p.guidance.is_auto else p.guidance
@@ -288,7 +230,7 @@ def _translate_call_time(cfg, full, nc, device, steps: int) -> float:
             x0, y, n, unet, schedule, seg, guide, g, k, 0, p.sampler, moments
         )  # fmt: skip
 
-    run(1)  # warm-up
+    run(min(2, n))  # warm-up: one LCG and one GSG step
     return _time(lambda: run(calls), device, 1, warmup=0) / calls
 
 
@@ -304,94 +246,138 @@ def _eval_image_time(cfg, full, nc, device, steps: int) -> float:
 
 # ------------------------------------------------------------------------ projecting
 
+#: which measured rate times each stage of the cost model (see the module doc)
+RATE_OF = {
+    "source-only training": "source_only",
+    "oracle training": "source_only",
+    "judge training": "source_only",
+    "DDPM training": "ddpm",
+    "guidance calibration": "ptl_translation",
+    "PTL translation": "ptl_translation",
+    "stage metrics": "ptl_translation",
+    "PTL fine-tuning": "ptl_finetune",
+    "evaluation": "evaluation",
+    "AdaBN statistics": "evaluation",
+}
 
-def project(cfg, measured: dict[str, float], processes: int = 1) -> list[Row]:
-    """The rows of the table: ``measured`` seconds per unit times the config's units."""
-    w = max(1, int(processes))
+
+def unit_flops(cfg) -> dict[str, float]:
+    """FLOPs of each timed unit of :func:`measure` (to turn its seconds into FLOP rates)."""
+    from diffdass.pipeline.cost import FlopCounts, data_sizes, train_size, translation_flops
+
+    sizes = data_sizes(cfg)
+    so, d, p = cfg.source_only, cfg.ddpm, cfg.ptl
+    ddpm_size = tuple(d.resize) if d.resize else sizes.image
+    counts = FlopCounts(so.model.arch, sizes.num_classes, d.unet, ddpm_size)
+    out = {"source_only": so.batch_size * counts.seg_train(train_size(so.aug, sizes.image))}
+    out["evaluation"] = counts.seg_forward(tuple(cfg.evaluation.input_size or sizes.image))
+    if p is not None:
+        out["ddpm"] = d.batch_size * counts.unet_train(tuple(d.crop) if d.crop else ddpm_size)
+        tsize = tuple(p.translate_size) if p.translate_size else train_size(p.aug, sizes.image)
+        calls = timed_calls(cfg, 2)
+        per_image = translation_flops(counts, p.guidance, calls, tsize, sizes.classes_present)
+        out["ptl_translation"] = p.translate_batch_size * per_image / calls
+        crop = train_size(p.aug, sizes.image)
+        ada = counts.seg_train(tsize if p.translate_size else crop)
+        out["ptl_finetune"] = p.batch_size * (ada + (counts.seg_train(crop) if p.loss_src else 0))
+    return out
+
+
+def timed_calls(cfg, steps: int) -> int:
+    """Reverse calls timed per translation: even (as many LCG as GSG steps), at least 2."""
+    return 2 * max(1, math.ceil(steps / 2))
+
+
+def decode_seconds(size: tuple[int, int], train: tuple[int, int], repeats: int = 3) -> float:
+    """Seconds to decode one PNG of ``size`` and resize it to ``train`` (one thread)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        with Image.open(io.BytesIO(data)) as im:
+            im.convert("RGB").resize((train[1], train[0]), Image.BILINEAR)
+    return (time.perf_counter() - t0) / repeats
+
+
+def images_read(cfg) -> int:
+    """Images the run decodes: training batches, PTL's source images and validation passes."""
+    from diffdass.pipeline.cost import data_sizes
+
+    so, p, d = cfg.source_only, cfg.ptl, cfg.ddpm
+    n = so.iterations * so.batch_size * (1 + (cfg.oracle is not None))
+    if p is not None:
+        n += d.iterations * d.batch_size
+        n += len(p.levels()) * (
+            p.translated_per_domain()
+            + (p.iterations_per_domain * p.batch_size if p.loss_src else 0)
+        )
+    return n + evaluations(cfg) * data_sizes(cfg).val_images
+
+
+def table(cfg, processes: int, rate: dict[str, float] | float, decode: float | None) -> list[dict]:
+    """The rows: per stage FLOPs, hours on one device and on ``processes``. ``rate``: one FLOP
+    rate for every stage (a named device) or the measured rate per timed unit."""
+    from diffdass.pipeline.cost import stage_costs
+
     rows = []
-    so = cfg.source_only
-    rows.append(
-        Row(
-            "source-only training",
-            f"iteration (batch {so.batch_size})",
-            measured["source_only"],
-            so.iterations,
-            so.iterations / w,
-        )
-    )
-    if cfg.oracle is not None:
+    for c in stage_costs(cfg, processes):
+        r = rate if isinstance(rate, float) else rate[RATE_OF[c.stage]]
+        h = c.flops / r / 3600.0
         rows.append(
-            Row(
-                "oracle training",
-                f"iteration (batch {so.batch_size})",
-                measured["source_only"],
-                so.iterations,
-                so.iterations / w,
-            )
+            {
+                "stage": c.stage,
+                "unit": c.unit,
+                "units": c.units,
+                "flops": c.flops,
+                "tflop_per_s": r / 1e12,
+                "hours": h,
+                "hours_n": h * c.share,
+                "note": c.note,
+            }
         )
-    if cfg.ptl is not None:
-        d, p = cfg.ddpm, cfg.ptl
+    if decode is not None:
+        n = images_read(cfg)
+        h = decode * n / 3600.0
         rows.append(
-            Row(
-                "DDPM training",
-                f"iteration (batch {d.batch_size})",
-                measured["ddpm"],
-                d.iterations,
-                d.iterations / w,
-            )
+            {
+                "stage": "data loading",
+                "unit": f"image decoded ({n} in all)",
+                "units": n,
+                "flops": 0.0,
+                "tflop_per_s": None,
+                "hours": h,
+                "hours_n": h / processes,
+                "note": "one thread; DataLoader workers overlap it with compute",
+            }
         )
-        per_domain = p.translated_per_domain()
-        nb = math.ceil(per_domain / p.translate_batch_size)
-        calls = [p.reverse_calls(n) if p.domains == "spread" else n for n in p.levels()]
-        rows.append(
-            Row(
-                "PTL translation",
-                f"reverse call (batch {p.translate_batch_size})",
-                measured["ptl_translation"],
-                nb * sum(calls),
-                math.ceil(nb / w) * sum(calls),
-            )
-        )
-        ft = len(p.levels()) * p.iterations_per_domain
-        rows.append(
-            Row(
-                "PTL fine-tuning",
-                f"iteration (batch {p.batch_size}{' x 2' if p.loss_src else ''})",
-                measured["ptl_finetune"],
-                ft,
-                ft / w,
-            )
-        )
-    n_eval = _val_images(cfg) * evaluations(cfg)
-    rows.append(
-        Row(
-            "evaluation",
-            f"image ({evaluations(cfg)} passes of {_val_images(cfg)})",
-            measured["evaluation"],
-            n_eval,
-            math.ceil(_val_images(cfg) / w) * evaluations(cfg),
-        )
-    )
     return rows
 
 
-def format_table(rows: list[Row], processes: int, meta: dict) -> str:
+def format_table(rows: list[dict], processes: int, meta: dict) -> str:
     n = processes
     lines = [
-        f"estimate of {meta['config']} on {meta['device']} (torch {meta['torch']}, "
-        f"{meta['threads']} threads; {meta['steps']} timed steps per stage)",
+        f"estimate of {meta['config']} on {meta['device']} ({meta['basis']})",
         "",
-        f"| stage | unit | s/unit | units | hours, 1 process | hours, {n} processes (projection) |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| stage | unit | units | TFLOP | TFLOP/s | hours, 1 process | hours, {n} processes |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        rate = f"{r['tflop_per_s']:.3g}" if r["tflop_per_s"] else ""
+        note = f" ({r['note']})" if r["note"] else ""
         lines.append(
-            f"| {r.stage} | {r.unit} | {r.seconds_per_unit:.4g} | {r.units} | "
-            f"{r.hours:.3f} | {r.hours_n:.3f} |"
+            f"| {r['stage']} | {r['unit']}{note} | {r['units']} | {r['flops'] / 1e12:.4g} | "
+            f"{rate} | {r['hours']:.3f} | {r['hours_n']:.3f} |"
         )
-    t1, tn = sum(r.hours for r in rows), sum(r.hours_n for r in rows)
-    lines.append(f"| **total** | | | | **{t1:.3f}** | **{tn:.3f}** |")
-    lines += ["", ASSUMPTION + ".", f"not counted: {NOT_COUNTED}."]
+    t1, tn = sum(r["hours"] for r in rows), sum(r["hours_n"] for r in rows)
+    lines.append(f"| **total** | | | | | **{t1:.3f}** | **{tn:.3f}** |")
+    lines += ["", f"not counted: {NOT_COUNTED}."]
     for note in meta.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -402,10 +388,13 @@ def divisibility_notes(cfg, processes: int) -> list[str]:
     out = []
     checks = [("source_only.batch_size", cfg.source_only.batch_size)]
     if cfg.ptl is not None:
-        checks += [("ddpm.batch_size", cfg.ddpm.batch_size), ("ptl.batch_size", cfg.ptl.batch_size)]
+        checks += [("ddpm.batch_size", cfg.ddpm.batch_size)]
     for name, bs in checks:
         if processes > 1 and bs % processes:
-            out.append(f"{name}={bs} is not divisible by {processes}: such a run is refused")
+            out.append(
+                f"{name}={bs} is not divisible by {processes}: that stage refuses {processes} "
+                "processes (counted at one)"
+            )
     return out
 
 
@@ -413,43 +402,75 @@ def run_estimate(
     config: Path | None,
     sets: list[str] | None = None,
     processes: int = 8,
-    steps: int = 3,
+    steps: int = 4,
     json_path: Path | None = None,
-    device: str | None = None,
+    flags: dict | None = None,
     echo=print,
     measure_fn=None,
+    gpu: str | None = None,
 ) -> dict:
-    """Measure, project, print the table; ``json_path``: also write everything as JSON."""
+    """Count, time (unless ``gpu`` names a device), print the table; ``json_path``: also write
+    it as JSON (``total_hours``: one device, the whole pipeline)."""
+    from diffdass.pipeline.cost import DEVICES, data_sizes
     from diffdass.utils.config import ConfigError
     from diffdass.utils.device import resolve_device
     from diffdass.utils.io import write_json
 
     if processes < 1 or steps < 1:
         raise ConfigError("--processes and --steps must be >= 1")
-    cfg = load_pipeline_config(config, sets, device=device)
-    dev = resolve_device(cfg.device)
-    measured = (measure_fn or measure)(cfg, steps, dev)
-    rows = project(cfg, measured, processes)
+    cfg = load_pipeline_config(config, sets, **(flags or {}))
+    sizes = data_sizes(cfg)
     meta = {
         "config": str(config) if config else "the built-in benchmark config",
-        "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
-        "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "steps": steps,
         "processes": processes,
+        "image_size": list(sizes.image),
+        "val_images": sizes.val_images,
+        "target_images": sizes.target_images,
         "notes": divisibility_notes(cfg, processes),
     }
+    if gpu is not None:
+        if gpu not in DEVICES:
+            raise ConfigError(f"--gpu {gpu}: expected one of {', '.join(DEVICES)}")
+        dev = DEVICES[gpu]
+        meta |= {
+            "device": dev.name,
+            "basis": f"{dev.fraction:.0%} of {dev.peak_flops / 1e12:g} TFLOP/s bf16: {dev.basis}",
+        }
+        rows = table(cfg, processes, dev.flops_per_second, None)
+        measured = None
+    else:
+        dev = resolve_device(cfg.device)
+        measured = (measure_fn or measure)(cfg, steps, dev)
+        flops = unit_flops(cfg)
+        rate = {k: flops[k] / measured[k] for k in measured}
+        so = cfg.source_only
+        decode = decode_seconds(sizes.image, train_size_of(so.aug, sizes.image))
+        name = str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})"
+        meta |= {
+            "device": name,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "steps": steps,
+            "basis": f"rates measured here, {steps} timed steps per unit",
+        }
+        rows = table(cfg, processes, rate, decode)
     echo(format_table(rows, processes, meta))
     doc = {
         "meta": meta,
         "seconds_per_unit": measured,
-        "rows": [r.__dict__ for r in rows],
-        "total_hours": sum(r.hours for r in rows),
-        "total_hours_n": sum(r.hours_n for r in rows),
-        "assumption": ASSUMPTION,
+        "stages": rows,
+        "total_hours": sum(r["hours"] for r in rows),
+        "total_hours_n": sum(r["hours_n"] for r in rows),
+        "total_flops": sum(r["flops"] for r in rows),
         "not_counted": NOT_COUNTED,
     }
     if json_path is not None:
         write_json(Path(json_path), doc)
     return doc
+
+
+def train_size_of(aug, full) -> tuple[int, int]:
+    from diffdass.pipeline.cost import train_size
+
+    return train_size(aug, full)

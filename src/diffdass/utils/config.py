@@ -261,7 +261,8 @@ def load_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """A config file with its ``base:`` resolved: ``base: other.yaml`` (relative to this
     file's folder) loads that file first (itself possibly with a base) and this file's keys
     are merged over it, section by section; a key set here replaces the base's value (a
-    section set to ``null`` removes it)."""
+    section set to ``null`` removes it). ``base: [a.yaml, b.yaml]`` merges b over a first
+    (an overlay such as a fast schedule over a paper setting)."""
     path = Path(path).resolve()
     if path in _seen:
         chain = " -> ".join(p.name for p in (*_seen, path))
@@ -270,9 +271,14 @@ def load_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     base = doc.pop("base", None)
     if base is None:
         return doc
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: `base` must be the path of another config file")
-    merged = load_config_yaml(path.parent / base, (*_seen, path))
+    bases = base if isinstance(base, list) else [base]
+    if not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"{path}: `base` must be the path of another config file, or a list of them"
+        )
+    merged: dict = {}
+    for b in bases:
+        _deep_update(merged, load_config_yaml(path.parent / b, (*_seen, path)))
     _deep_update(merged, doc)
     return merged
 
