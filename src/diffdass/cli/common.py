@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -77,3 +79,40 @@ def friendly_errors(fn):
     wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), ctx_param])
     wrapper.__annotations__ = {**fn.__annotations__, "_ctx": typer.Context}
     return wrapper
+
+
+def check_evaluate_out(out: Path) -> None:
+    """``evaluate --out``: a new folder, or one holding an earlier evaluate output; never a run
+    folder of another command or a folder inside one (checked before anything runs)."""
+    from diffdass.utils.io import read_json
+    from diffdass.utils.run import is_run_dir
+
+    out = Path(out)
+    for folder in (out, *out.resolve().parents):
+        if is_run_dir(folder):
+            where = "is" if folder == out else f"is inside {folder}, which is"
+            raise ConfigError(
+                f"{out}: {where} the run folder of another command (it holds config.yaml); "
+                "evaluate writes only to its own folder -- use a folder outside any run"
+            )
+    if out.is_file():
+        raise ConfigError(f"{out}: is a file; --out must be a folder")
+    if out.is_dir() and any(out.iterdir()):
+        m = out / "metrics.json"
+        stage = read_json(m).get("stage") if m.is_file() else None
+        if stage != "evaluate":
+            raise ConfigError(
+                f"{out}: is not empty and holds no earlier evaluate output; evaluate would mix "
+                "its files with others -- use a new folder"
+            )
+
+
+def replace_folder(new: Path, dst: Path) -> None:
+    """Put the finished folder ``new`` at ``dst``, replacing an earlier one whole: the old
+    folder is moved aside, the new one renamed into place, then the old one removed."""
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        dst.rename(old)
+    new.rename(dst)
+    if old.exists():
+        shutil.rmtree(old)

@@ -16,7 +16,13 @@ from typing import Annotated
 
 import typer
 
-from diffdass.cli.common import ConfigOpt, SetOpt, friendly_errors
+from diffdass.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    check_evaluate_out,
+    friendly_errors,
+    replace_folder,
+)
 from diffdass.cli.flags import flag_values
 from diffdass.utils.config import ConfigError, build_config
 
@@ -242,43 +248,6 @@ def evaluate(
     typer.echo(res["table"])
     typer.echo(json.dumps(res["miou"]))
     typer.echo(f"inference: {res['inference_ms_per_image']:.2f} ms/image (batch 1)")
-
-
-def check_evaluate_out(out: Path) -> None:
-    """``evaluate --out``: a new folder, or one holding an earlier evaluate output; never a run
-    folder of another command or a folder inside one (checked before anything runs)."""
-    from diffdass.utils.io import read_json
-    from diffdass.utils.run import is_run_dir
-
-    out = Path(out)
-    for folder in (out, *out.resolve().parents):
-        if is_run_dir(folder):
-            where = "is" if folder == out else f"is inside {folder}, which is"
-            raise ConfigError(
-                f"{out}: {where} the run folder of another command (it holds config.yaml); "
-                "evaluate writes only to its own folder -- use a folder outside any run"
-            )
-    if out.is_file():
-        raise ConfigError(f"{out}: is a file; --out must be a folder")
-    if out.is_dir() and any(out.iterdir()):
-        m = out / "metrics.json"
-        stage = read_json(m).get("stage") if m.is_file() else None
-        if stage != "evaluate":
-            raise ConfigError(
-                f"{out}: is not empty and holds no earlier evaluate output; evaluate would mix "
-                "its files with others -- use a new folder"
-            )
-
-
-def replace_folder(new: Path, dst: Path) -> None:
-    """Put the finished folder ``new`` at ``dst``, replacing an earlier one whole: the old
-    folder is moved aside, the new one renamed into place, then the old one removed."""
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        dst.rename(old)
-    new.rename(dst)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def _parse_size(s: str | None):
@@ -567,7 +536,7 @@ def estimate(
     sets: SetOpt = None,
     gpu: Annotated[
         str | None,
-        typer.Option(help="h100 | h200 | a100 | cpu: count FLOPs, time nothing (no device).")
+        typer.Option(help="h100 | h200 | a100 | cpu: count FLOPs, time nothing (no device)."),
     ] = None,
     processes: Annotated[int, typer.Option(help="N of the N-process column.")] = 8,
     steps: Annotated[int, typer.Option(help="Timed warm steps per unit (made even).")] = 4,
