@@ -560,6 +560,27 @@ def estimate(
     run_estimate(config, sets, processes, steps, json_out, flags, typer.echo, gpu=gpu)
 
 
+@app.command("launch-plan")
+@friendly_errors
+def launch_plan(
+    config: Annotated[
+        Path | None, typer.Argument(help="Pipeline YAML.", show_default=False)
+    ] = None,
+    sets: SetOpt = None,
+    dest: Annotated[Path, typer.Option("--dir", "-d", help="Folder for the stage configs.")] = Path(
+        "launch"
+    ),
+    processes: Annotated[int, typer.Option(help="Processes (GPUs) per stage.")] = 8,
+):
+    """Write `run`'s stage configs; print its long stages' `accelerate launch` commands."""
+    from diffdass.pipeline.config import load_pipeline_config
+    from diffdass.pipeline.launch import write_plan
+
+    cfg = load_pipeline_config(config, sets)
+    for line in write_plan(cfg, config, dest, processes):
+        typer.echo(line)
+
+
 @app.command()
 def models():
     """List the segmenter architectures and DDPM UNet presets."""
