@@ -153,9 +153,11 @@ def test_the_n_process_column_divides_only_what_runs_on_n_processes():
     assert rows["evaluation"].share == 25 / 100
     for stage in ("guidance calibration", "stage metrics", "AdaBN statistics"):
         assert rows[stage].share == 1.0, stage  # `run` computes them on one process
-    rows, _ = _stages(processes=3)  # 16, 8, 8 are not divisible by 3: refused, one process
-    for stage in ("source-only training", "DDPM training", "PTL fine-tuning"):
-        assert rows[stage].share == 1.0, stage
+    rows, _ = _stages(processes=3)  # 16 and 8 are not divisible by 3: they run on 2 ...
+    for stage in ("source-only training", "DDPM training"):
+        assert rows[stage].share == 1 / 2, stage
+    # ... while PTL runs on 3 (translation) and its main process fine-tunes alone
+    assert rows["PTL fine-tuning"].share == 1.0
     assert "main process" in rows["PTL fine-tuning"].note
 
 
@@ -223,7 +225,7 @@ def test_measured_rates_time_every_stage(tmp_path, monkeypatch):
     assert stages["PTL translation"]["tflop_per_s"] == pytest.approx(rate / 1e12)
     assert stages["data loading"]["units"] == est.images_read(cfg) > 0
     assert doc["total_hours"] == pytest.approx(sum(s["hours"] for s in doc["stages"]))
-    assert "source_only.batch_size=16 is not divisible by 3" in res.output
+    assert "source_only.batch_size=16 is not divisible by 3: that stage runs on 2" in res.output
     assert doc["meta"]["steps"] == 2 and doc["meta"]["processes"] == 3
 
 

@@ -301,10 +301,14 @@ def translation_flops(counts: FlopCounts, guidance, calls: int, size, classes: i
     return total
 
 
+def batch_processes(batch: int, processes: int) -> int:
+    """The processes a training stage runs on out of ``processes``: the largest count that
+    divides its global batch (what ``diffdass launch-plan`` launches it on)."""
+    return max(d for d in range(1, processes + 1) if batch % d == 0)
+
+
 def _batch_share(batch: int, processes: int) -> float:
-    """A training stage on N processes: 1/N of every global batch, if N divides it (else the
-    stage refuses to start: counted at one process)."""
-    return 1.0 / processes if batch % processes == 0 else 1.0
+    return 1.0 / batch_processes(batch, processes)
 
 
 def _item_share(items: int, processes: int) -> float:
@@ -418,8 +422,10 @@ def stage_costs(cfg, processes: int = 1) -> list[StageCost]:
                 f"iteration (batch {p.batch_size}{' x 2' if p.loss_src else ''})",
                 p.batch_size * (ada + src),
                 ft,
-                _batch_share(p.batch_size, w),
-                "" if p.batch_size % w == 0 else "not divisible: the main process fine-tunes alone",
+                # PTL runs on all N (translation); its fine-tuning is data-parallel only if N
+                # divides the batch, else the main process fine-tunes alone
+                1.0 / w if p.batch_size % w == 0 else 1.0,
+                "" if p.batch_size % w == 0 else "the main process fine-tunes alone",
             )
         )
         sm = cfg.stage_metrics

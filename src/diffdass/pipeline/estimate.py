@@ -389,11 +389,13 @@ def divisibility_notes(cfg, processes: int) -> list[str]:
     checks = [("source_only.batch_size", cfg.source_only.batch_size)]
     if cfg.ptl is not None:
         checks += [("ddpm.batch_size", cfg.ddpm.batch_size)]
+    from diffdass.pipeline.cost import batch_processes
+
     for name, bs in checks:
         if processes > 1 and bs % processes:
             out.append(
-                f"{name}={bs} is not divisible by {processes}: that stage refuses {processes} "
-                "processes (counted at one)"
+                f"{name}={bs} is not divisible by {processes}: that stage runs on "
+                f"{batch_processes(bs, processes)} processes (the global batch stays {bs})"
             )
     return out
 

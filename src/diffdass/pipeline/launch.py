@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffdass.pipeline.config import PipelineConfig, check_config, fill_config
+from diffdass.pipeline.cost import batch_processes
 from diffdass.pipeline.guidance import judge_config, needs_calibration, resolved_ptl
 from diffdass.utils.config import ConfigError, dump_yaml
 from diffdass.utils.io import atomic_write_text
@@ -104,8 +105,7 @@ def stage_processes(stage: LaunchStage, processes: int) -> int:
     global batch (the batch is the one-process batch, so the result does not change)."""
     if stage.command == "ptl":
         return processes
-    batch = stage.config.batch_size
-    return max(d for d in range(1, processes + 1) if batch % d == 0)
+    return batch_processes(stage.config.batch_size, processes)
 
 
 def _launcher(stage: LaunchStage, processes: int) -> str:
