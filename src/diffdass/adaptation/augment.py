@@ -43,14 +43,19 @@ class NoisyMaskedAugment:
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Returns (images, labels, number of augmented samples). Inputs are not modified."""
+        """Returns (images, labels, number of augmented samples). Inputs are not modified.
+
+        Every number is drawn on ``generator``'s device (a CUDA generator: the noise is made
+        on the GPU, no host copy); the per-sample choices are then read on the host."""
         b = images.shape[0]
+        gdev = generator.device
         # draw every random number for every sample, whether used or not, so that the
         # stream of draws does not depend on the data
-        pick = torch.rand(b, generator=generator) < self.prob
-        t = torch.randint(0, self.max_timestep, (b,), generator=generator)
-        noise = torch.randn(images.shape, generator=generator, dtype=torch.float32)
-        u = torch.rand(b, generator=generator)
+        pick = torch.rand(b, generator=generator, device=gdev) < self.prob
+        t = torch.randint(0, self.max_timestep, (b,), generator=generator, device=gdev)
+        noise = torch.randn(images.shape, generator=generator, dtype=torch.float32, device=gdev)
+        u = torch.rand(b, generator=generator, device=gdev)
+        pick, u = pick.cpu(), u.cpu()  # no-ops for a CPU generator
         if not bool(pick.any()):
             return images, labels, 0
         images, labels = images.clone(), labels.clone()

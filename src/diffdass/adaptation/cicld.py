@@ -63,7 +63,7 @@ from diffdass.models.perceptual import build_perceptual
 from diffdass.training import TrainLoop
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, from_dict, to_dict, validate_tree
-from diffdass.utils.device import resolve_device
+from diffdass.utils.device import configure_backends, resolve_device
 from diffdass.utils.run import RunDir
 
 PHASES = ("ae", "ldm", "adapt")
@@ -505,6 +505,7 @@ def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dic
 
 def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
     device = resolve_device(cfg.device)
+    configure_backends(device)
     tf = cfg.aug.transform()
     ds_s = src.dataset(tf, seed=cfg.seed)
     ds_t = tgt.dataset(tf, seed=cfg.seed + 1)
@@ -515,8 +516,8 @@ def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
 
     def batches(start: int):
         return zip(  # both streams have total - start batches
-            stream_loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers),
-            stream_loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers),
+            stream_loader(ds_s, cfg.batch_size, cfg.seed, start, total, cfg.num_workers, device),
+            stream_loader(ds_t, cfg.batch_size, seed_t, start, total, cfg.num_workers, device),
             strict=True,
         )
 

@@ -61,7 +61,12 @@ from diffdass.models.factory import build_segmenter, load_segmenter
 from diffdass.training import TrainLoop, first_last
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
-from diffdass.utils.device import resolve_device
+from diffdass.utils.device import (
+    channels_last,
+    configure_backends,
+    memory_format,
+    resolve_device,
+)
 from diffdass.utils.run import RunDir
 
 
@@ -110,7 +115,8 @@ class DACSTrainer:
     def __init__(self, cfg: DACSConfig, model: torch.nn.Module, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
-        self.model = model.to(device)
+        # channels-last on CUDA (the EMA teacher copies the layout); unchanged on the CPU
+        self.model = channels_last(model.to(device), device)
         self.optimizer = build_optimizer(self.model, cfg.optim)  # the source-only optimiser
         self.amp = cfg.amp and device.type == "cuda"
         self.ema = EMA(self.model, decay=cfg.ema_decay)
@@ -129,9 +135,10 @@ class DACSTrainer:
         lr = self.lr_at(it)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        x_s = batch_s["image"].to(self.device)
+        fmt = memory_format(self.device)
+        x_s = batch_s["image"].to(self.device, memory_format=fmt)
         y_s = batch_s["label"].to(self.device)
-        x_t = batch_t["image"].to(self.device)
+        x_t = batch_t["image"].to(self.device, memory_format=fmt)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             logits_t = self.ema_model.predict(x_t)
         y_t, conf = pseudo_labels(logits_t, c.pseudo_threshold)
@@ -234,6 +241,7 @@ def train_dacs(cfg: DACSConfig, out: str | Path, progress: bool = True) -> dict:
 
 def _train(cfg: DACSConfig, run: RunDir, src, tgt, progress: bool) -> dict:
     device = resolve_device(cfg.device)
+    configure_backends(device)
     tf = cfg.aug.transform()
     ds_s = src.dataset(tf, seed=cfg.seed)
     ds_t = tgt.dataset(tf, seed=cfg.seed + 1)
@@ -245,8 +253,8 @@ def _train(cfg: DACSConfig, run: RunDir, src, tgt, progress: bool) -> dict:
 
     def batches(start: int):
         return zip(  # both streams have n - start batches; the target has its own order
-            stream_loader(ds_s, cfg.batch_size, cfg.seed, start, n, w),
-            stream_loader(ds_t, cfg.batch_size, step_seed(cfg.seed, 0, 7), start, n, w),
+            stream_loader(ds_s, cfg.batch_size, cfg.seed, start, n, w, device),
+            stream_loader(ds_t, cfg.batch_size, step_seed(cfg.seed, 0, 7), start, n, w, device),
             strict=True,
         )
 

@@ -13,6 +13,11 @@ what it gets in one process), its loss divided by the number of processes and th
 summed over processes before clipping: the one-process step up to floating-point summation
 order. Checkpoints (global iteration, no process-dependent state), samples and metrics are
 written by the main process; a run resumes with any number of processes.
+
+On CUDA the UNet and its inputs are channels-last, the timesteps and noise of iteration
+``it`` are drawn on the GPU (from a generator seeded with ``(seed, it)`` as on the CPU, where
+they are drawn on the CPU and nothing of this applies) and the loader pins its batches.
+Images are decoded, cropped and resized in the loader's workers (``num_workers``).
 """
 
 from __future__ import annotations
@@ -42,9 +47,15 @@ from diffdass.training import Hook, TrainLoop, autocast, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
-from diffdass.utils.device import resolve_device
+from diffdass.utils.device import (
+    channels_last,
+    configure_backends,
+    loader_options,
+    memory_format,
+    resolve_device,
+)
 from diffdass.utils.io import save_image
-from diffdass.utils.rng import derive_seed
+from diffdass.utils.rng import derive_seed, seeded_generator
 from diffdass.utils.run import RunDir
 
 
@@ -154,7 +165,8 @@ def read_ddpm_meta(path: str | Path) -> dict:
 
 
 def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
-    """(UNet with EMA weights, meta) from a ``train-ddpm`` checkpoint.
+    """(UNet with EMA weights, meta) from a ``train-ddpm`` checkpoint, in eval mode on
+    ``device`` (channels-last there when it is CUDA).
 
     ``meta["eps_moments"]`` (when present) holds the moments of the analytic reverse variance;
     :func:`ddpm_moments` turns it into an :class:`EpsMoments`.
@@ -163,7 +175,7 @@ def load_ddpm(path: str | Path, device="cpu", use_ema: bool = True):
     meta = read_ddpm_meta(path)
     unet = build_unet(meta["unet"], sample_size=tuple(meta["sample_size"]))
     load_checkpoint(path, {"ema" if use_ema else "unet": unet})
-    return unet.to(device).eval(), meta
+    return channels_last(unet.to(device).eval(), torch.device(device)), meta
 
 
 @torch.no_grad()
@@ -179,13 +191,15 @@ def sample_images(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """``n`` unconditional samples in [-1, 1], ``steps`` respaced ancestral steps with the
-    analytic variance and x_0 clipping (the translation sampler, started from pure noise)."""
+    analytic variance and x_0 clipping (the translation sampler, started from pure noise).
+    The noise is drawn on ``device`` when it is CUDA, else on the CPU (seeded_generator)."""
     sched = schedule.respace(min(steps, schedule.num_timesteps))
     opts = toolkit_options(moments)
-    g = torch.Generator().manual_seed(seed)
+    g = seeded_generator(seed, device)
     out = []
     for s in range(0, n, batch_size):
-        x = torch.randn((min(batch_size, n - s), 3, *size), generator=g).to(device)
+        x = torch.randn((min(batch_size, n - s), 3, *size), generator=g, device=g.device)
+        x = x.to(device)
         x = reverse(x, sched.num_timesteps, as_eps_fn(unet), sched, generator=g, options=opts)
         out.append(x.float().clamp(-1, 1).cpu())
     return torch.cat(out)
@@ -291,6 +305,7 @@ def _sharded_loss(schedule: DDPMSchedule, eps_fn, x0: torch.Tensor, gen, world: 
 def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -> dict:
     final = run.ckpt_dir / "final.safetensors"
     device = dist.device(resolve_device(cfg.device))
+    configure_backends(device)
     world, main = dist.world_size(), dist.is_main()
     tf = train_transform(
         crop=tuple(cfg.crop) if cfg.crop else None,
@@ -306,6 +321,7 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, sample_size=size).to(device)
     dist.broadcast_module(unet)  # several processes: the main one's initial weights
+    channels_last(unet, device)
     ema = EMA(unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     schedule = DDPMSchedule(num_timesteps=cfg.num_timesteps)
@@ -317,7 +333,8 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
         m = load_checkpoint(path, {"unet": unet}, opt, device=device)
         ema_unet = build_unet(cfg.unet, sample_size=size)
         load_checkpoint(path, {"ema": ema_unet}, device="cpu")
-        state["ema"] = EMA(ema_unet.to(device), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        ema_unet = channels_last(ema_unet.to(device), device)  # the layout of the shadow
+        state["ema"] = EMA(ema_unet, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
         state["ema"].step = int(m["ema_updates"])
         return int(m["iteration"])
 
@@ -335,8 +352,8 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
         lr = cfg.lr * min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         for g in opt.param_groups:
             g["lr"] = lr
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 3, it))
-        x0 = batch["image"].to(device, non_blocking=True)
+        gen = seeded_generator(derive_seed(cfg.seed, 3, it), device)
+        x0 = batch["image"].to(device, non_blocking=True, memory_format=memory_format(device))
         with autocast(device, cfg.amp):
             if world == 1:
                 loss = schedule.training_loss(eps_fn, x0, gen)
@@ -365,7 +382,7 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
             batch_sampler=dist.loader_batch_sampler(
                 StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations)
             ),
-            num_workers=cfg.num_workers,
+            **loader_options(device, cfg.num_workers),
         )
 
     previews = _Previews(cfg, state, unet, schedule, full_sized, size, meta, device, run)
@@ -451,6 +468,7 @@ class _Previews(Hook):
 def _add_moments(cfg: TrainDDPMConfig, final: Path, run) -> None:
     """Estimate the eps moments of a finished checkpoint that lacks them; rewrite it atomically."""
     device = resolve_device(cfg.device)
+    configure_backends(device)
     unet, meta = load_ddpm(final, device)
     size = tuple(meta["sample_size"])
     ds = FolderDataset(cfg.target.root, cfg.target.split, labels="none", transform=Resize(*size))

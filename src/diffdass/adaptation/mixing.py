@@ -12,6 +12,7 @@ from diffdass.data.folder import StreamBatchSampler, StreamDataset, collate_item
 from diffdass.data.labels import IGNORE_INDEX
 from diffdass.data.scan import scan_split
 from diffdass.utils.config import ConfigError
+from diffdass.utils.device import loader_options
 
 
 def classmix(
@@ -68,13 +69,22 @@ def pseudo_labels(logits: Tensor, threshold: float = 0.0) -> tuple[Tensor, Tenso
     return labels, conf
 
 
-def stream_loader(ds, batch_size: int, seed: int, start: int, stop: int, workers: int):
-    """Batches ``start .. stop-1`` of the seeded stream of ``ds`` (one process)."""
+def stream_loader(
+    ds,
+    batch_size: int,
+    seed: int,
+    start: int,
+    stop: int,
+    workers: int,
+    device: torch.device | None = None,
+):
+    """Batches ``start .. stop-1`` of the seeded stream of ``ds`` (one process), loaded for
+    ``device`` (:func:`~diffdass.utils.device.loader_options`; None: the CPU's options)."""
     return torch.utils.data.DataLoader(
         StreamDataset(ds),
         batch_sampler=StreamBatchSampler(len(ds), batch_size, seed, start, stop),
         collate_fn=collate_items,
-        num_workers=workers,
+        **loader_options(torch.device("cpu") if device is None else device, workers),
     )
 
 

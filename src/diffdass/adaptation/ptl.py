@@ -292,11 +292,12 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
     from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
     from diffdass.evaluation.evaluate import evaluate
     from diffdass.models.factory import load_segmenter
-    from diffdass.utils.device import resolve_device
+    from diffdass.utils.device import configure_backends, resolve_device
 
     src_scan, val_scan = scans
     final = run.ckpt_dir / "final.safetensors"
     device = dist.device(resolve_device(cfg.device))
+    configure_backends(device)
     main = dist.is_main()
     unet, dmeta = load_ddpm(cfg.ddpm, device)
     moments = ddpm_moments(dmeta)

@@ -5,7 +5,11 @@ strips of a few fixed images across the domains (Fig. 4). :mod:`.ptl` walks the 
 Several processes: translation batch j runs on process j mod processes (its noise and
 guidance depend only on (seed, k, j)) and all processes gather every translation. Fine-tuning
 is data-parallel when the processes divide the batch (:func:`sharded_finetuning`), else the
-main process fine-tunes alone and sends its weights to the others."""
+main process fine-tunes alone and sends its weights to the others.
+
+The source images a domain consumes are decoded and augmented by ``cfg.num_workers`` loader
+workers (0: in this process), in the same order and with the same augmentation either way;
+on CUDA the translation noise is drawn on the GPU (:func:`batch_generator`)."""
 
 from __future__ import annotations
 
@@ -79,8 +83,7 @@ def run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, momen
     starts = list(range(0, len(keys), tb))
     mine = set(dist.shard(range(len(starts))))
     src_imgs, labels, done = [], [], []  # done: (batch j, translations, their labels)
-    for j, s in enumerate(starts):
-        items = [stream[key] for key in keys[s : s + tb]]
+    for j, items in enumerate(source_batches(stream, keys, tb, cfg.num_workers)):
         x0 = torch.stack([it["image"] for it in items])
         y = torch.stack([it["label"] for it in items])
         src_imgs.append(x0.half())
@@ -95,7 +98,7 @@ def run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, momen
             unet,
             schedule,
             guide,
-            batch_generator(domain_seed(cfg.seed, k, 0), j),
+            batch_generator(domain_seed(cfg.seed, k, 0), j, device),
             domain_seed(cfg.seed, k, 1) + j,
             moments,
         )
@@ -142,6 +145,19 @@ def run_domain(cfg, k, n, ds, trainer: SegTrainer, unet, schedule, device, momen
         "translate_seconds": t_tr,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def source_batches(stream: StreamDataset, keys: list[int], size: int, num_workers: int):
+    """The lists ``[stream[key] for key in keys[s : s + size]]`` for ``s = 0, size, ...``,
+    decoded and augmented by ``num_workers`` loader workers ahead of their use (0: in this
+    process when asked for). The items are the same either way: an item's augmentation
+    depends only on its key."""
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_sampler=[keys[s : s + size] for s in range(0, len(keys), size)],
+        collate_fn=list,
+        num_workers=num_workers,
+    )
 
 
 def sharded_finetuning(batch_size: int) -> bool:

@@ -47,8 +47,14 @@ from diffdass.training import TrainLoop, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
-from diffdass.utils.device import resolve_device
-from diffdass.utils.rng import derive_seed
+from diffdass.utils.device import (
+    channels_last,
+    configure_backends,
+    loader_options,
+    memory_format,
+    resolve_device,
+)
+from diffdass.utils.rng import derive_seed, seeded_generator
 from diffdass.utils.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -137,6 +143,10 @@ class SegTrainer:
 
     ``step(it, batches)`` sums the cross-entropy of several (images, labels) batches,
     which is how PTL's L_ft = CE(g(X^n), Y^S) + CE(g(X^S), Y^S) is formed.
+
+    On CUDA the model and its input images are channels-last and the noisy-masked
+    augmentation draws from a generator on the GPU (seeded from ``(seed, it)`` as on the CPU,
+    where nothing of this applies).
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class SegTrainer:
             # every process starts from the main one's weights; BatchNorm sees the global batch
             dist.broadcast_module(self.model)
             self.model = dist.sync_batchnorm(self.model)
+        self.model = channels_last(self.model, device)
         self.optimizer = build_optimizer(self.model, optim)
 
     def lr_at(self, it: int) -> float:
@@ -199,13 +210,14 @@ class SegTrainer:
         if self.freeze_bn:
             set_bn_eval(self.model)
         torch.manual_seed(step_seed(self.seed, it, 1))
-        gen = torch.Generator().manual_seed(step_seed(self.seed, it, 2))
+        gen = seeded_generator(step_seed(self.seed, it, 2), self.device)
         lr = self._set_lr(it)
         self.optimizer.zero_grad(set_to_none=True)
         parts, n_aug = [], 0
         prepared = []
+        fmt = memory_format(self.device)
         for images, labels in batches:
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=fmt)
             labels = labels.to(self.device, non_blocking=True)
             if self.noisy_masked is not None:
                 images, labels, k = self.noisy_masked(images, labels, gen)
@@ -250,13 +262,14 @@ class SegTrainer:
         # dropout: a stream of its own per process (rank 0 keeps the one-process seed)
         s1 = step_seed(self.seed, it, 1)
         torch.manual_seed(s1 if rank == 0 else derive_seed(s1, rank))
-        gen = torch.Generator().manual_seed(step_seed(self.seed, it, 2))
+        gen = seeded_generator(step_seed(self.seed, it, 2), self.device)
         lr = self._set_lr(it)
         self.optimizer.zero_grad(set_to_none=True)
         n_aug = 0
         prepared = []
+        fmt = memory_format(self.device)
         for images, labels in batches:
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=fmt)
             labels = labels.to(self.device, non_blocking=True)
             if self.noisy_masked is not None:
                 images, labels, k = _augment_slice(self.noisy_masked, images, labels, gen)
@@ -326,10 +339,21 @@ def _augment_slice(nm: NoisyMaskedAugment, images, labels, gen):
 
 
 def make_loader(
-    dataset: FolderDataset, batch_size: int, seed: int, start: int, stop: int, num_workers: int
+    dataset: FolderDataset,
+    batch_size: int,
+    seed: int,
+    start: int,
+    stop: int,
+    num_workers: int,
+    device: torch.device | None = None,
 ) -> torch.utils.data.DataLoader:
     """Batches ``start .. stop-1`` of the seeded stream; several processes: each gets its
-    slice (``batch_size`` is the global batch, divisible by the number of processes)."""
+    slice (``batch_size`` is the global batch, divisible by the number of processes).
+
+    ``device``: where the batches go (:func:`~diffdass.utils.device.loader_options`: pinned
+    memory and persistent workers for CUDA); default CUDA when available, else the CPU."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sampler = StreamBatchSampler(len(dataset), batch_size, seed, start, stop)
     if dist.launched():
         dist.local_batch_size(batch_size)
@@ -338,9 +362,7 @@ def make_loader(
         StreamDataset(dataset),
         batch_sampler=sampler,
         collate_fn=collate_items,  # keeps the per-item "skipped" lists (on_error="skip")
-        num_workers=num_workers,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
+        **loader_options(device, num_workers),
     )
 
 
@@ -392,6 +414,7 @@ def train_segmenter(cfg: TrainSegConfig, out: str | Path, progress: bool = True)
 def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) -> dict:
     final = run.ckpt_dir / "final.safetensors"
     device = dist.device(resolve_device(cfg.device))
+    configure_backends(device)
     main = dist.is_main()
     torch.manual_seed(cfg.seed)
     tf = cfg.aug.transform()
@@ -419,7 +442,7 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
         cfg.iterations,
         step,
         lambda start: make_loader(
-            ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers
+            ds, cfg.batch_size, cfg.seed, start, cfg.iterations, cfg.num_workers, device
         ),
         save=lambda path, it: trainer.save(path, it, meta),
         load=trainer.load,

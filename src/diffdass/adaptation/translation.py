@@ -9,6 +9,10 @@ Several processes (``accelerate launch``): ``translate_dataset`` gives batch b t
 b mod processes (each batch's noise depends only on (seed, b), so every image equals its
 one-process translation); each process writes its own images, the main one the preview
 sheet (rows gathered from all) and the metrics.
+
+On CUDA the UNet, the segmenter and the images are channels-last and a batch's noise is
+drawn on the GPU from a generator seeded with (seed, b) (:func:`batch_generator`); on the
+CPU it is drawn on the CPU and nothing of this applies.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from diffdass.utils import distributed as dist
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.io import save_image
 from diffdass.utils.progress import Progress
-from diffdass.utils.rng import derive_seed
+from diffdass.utils.rng import derive_seed, seeded_generator
 
 
 @dataclass
@@ -171,8 +175,12 @@ def translate_batch(
     """Translate one batch with ``n`` diffusion steps and guidance (``kind='none'``: phi^n).
 
     ``sampler`` defaults to :class:`SamplerConfig` (analytic variance: needs ``moments``, see
-    :func:`diffdass.adaptation.ddpm_training.ddpm_moments`)."""
+    :func:`diffdass.adaptation.ddpm_training.ddpm_moments`). The noise comes from
+    ``generator``, on its device (:func:`batch_generator`). CUDA images are taken
+    channels-last (the layout of the models there)."""
     opts = (sampler or SamplerConfig()).options(moments, guidance)
+    if images.is_cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
     amp_dtype = torch.bfloat16 if guidance.amp and images.is_cuda else None
     g = build_guidance(
         guidance.kind,
@@ -243,8 +251,13 @@ def resize_pair(x0: torch.Tensor, y: torch.Tensor, size: tuple[int, int]):
     return x0.clamp(-1, 1), y
 
 
-def batch_generator(seed: int, batch_index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, 4242, batch_index))
+def batch_generator(
+    seed: int, batch_index: int, device: torch.device | str | None = None
+) -> torch.Generator:
+    """The generator of translation batch ``batch_index``: seeded from ``(seed, batch_index)``
+    only (so a batch's noise does not depend on the number of processes), on ``device`` when
+    that is CUDA and on the CPU otherwise (:func:`~diffdass.utils.rng.seeded_generator`)."""
+    return seeded_generator(derive_seed(seed, 4242, batch_index), device)
 
 
 def preview_sheet(rows: list[list[np.ndarray]]) -> np.ndarray:
@@ -310,18 +323,20 @@ def translate_dataset(cfg: TranslateConfig, out: str | Path, progress: bool = Tr
 def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
     from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
     from diffdass.models.factory import load_segmenter
-    from diffdass.utils.device import resolve_device
+    from diffdass.utils.device import channels_last, configure_backends, resolve_device
 
     out = run.path
     device = dist.device(resolve_device(cfg.device))
+    configure_backends(device)
     world, main = dist.world_size(), dist.is_main()
-    unet, meta = load_ddpm(cfg.ddpm, device)
+    unet, meta = load_ddpm(cfg.ddpm, device)  # channels-last on CUDA
     moments = ddpm_moments(meta)
     size = tuple(cfg.resize) if cfg.resize else tuple(meta["sample_size"])
     ds = scan.dataset(Resize(*size))
     seg = None
     if cfg.guidance.kind != "none":
         seg, smeta = load_segmenter(cfg.segmenter, device)
+        seg = channels_last(seg, device)
     schedule = DDPMSchedule(num_timesteps=int(meta.get("num_timesteps", 1000)))
     dst = Path(out) / "dataset"
     run.start()
@@ -364,7 +379,7 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
             schedule,
             seg,
             cfg.guidance,
-            batch_generator(cfg.seed, b),
+            batch_generator(cfg.seed, b, device),
             cfg.respace_steps,
             cfg.seed + b,
             cfg.sampler,
@@ -387,7 +402,7 @@ def _translate_dataset(cfg: TranslateConfig, run, scan, progress: bool) -> dict:
                     schedule,
                     None,
                     none,
-                    batch_generator(cfg.seed, b),
+                    batch_generator(cfg.seed, b, device),
                     cfg.respace_steps,
                     sampler=cfg.sampler,
                     moments=moments,

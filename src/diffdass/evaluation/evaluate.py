@@ -11,6 +11,11 @@ The result also holds ``inference_ms_per_image``: the mean wall time of the forw
 Several processes (``accelerate launch``): each scores every ``processes``-th image and the
 confusion matrices are summed over processes, so the metrics equal the one-process ones
 exactly (integer pixel counts); each process saves the predictions of its own images.
+
+Images are decoded by ``num_workers`` loader workers (0: in this process) while the model
+runs; on CUDA they arrive in pinned memory, the forward runs under bf16 autocast unless
+``amp=False``, and the backends are tuned (:func:`~diffdass.utils.device.configure_backends`).
+On the CPU none of this changes a number.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from diffdass.data.folder import FolderDataset
 from diffdass.data.labels import CLASS_SETS, colorize
 from diffdass.evaluation.metrics import ConfusionMatrix
 from diffdass.utils import distributed as dist
+from diffdass.utils.device import configure_backends, loader_options
 from diffdass.utils.io import save_image
 from diffdass.utils.progress import Progress
 
@@ -75,9 +81,16 @@ def evaluate(
     pred_dir: str | Path | None = None,
     n_save: int = 16,
     progress: bool = True,
-    amp: bool = False,
+    amp: bool | None = None,
+    num_workers: int = 0,
 ) -> dict:
-    """Score ``model`` on ``dataset`` (which must be labeled, without augmentation)."""
+    """Score ``model`` on ``dataset`` (which must be labeled, without augmentation).
+
+    ``amp``: bf16 autocast of the forward on CUDA (None: on for CUDA); never on the CPU.
+    ``num_workers``: loader processes decoding the images (0: this process; the items and
+    their order are the same either way)."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     nc = dataset.classes.num_classes
     model_nc = getattr(model, "num_classes", nc)
     if model_nc != nc:
@@ -89,6 +102,9 @@ def evaluate(
         raise ValueError(f"{dataset.root / dataset.split}: evaluation needs labels for every image")
     sets = resolve_class_sets(list(class_sets), nc)
     device = dist.device(torch.device(device))  # several processes: this process's GPU
+    configure_backends(device)
+    if amp is None:
+        amp = device.type == "cuda"
     model = model.to(device).eval()
     cm = ConfusionMatrix(nc, dataset.classes.ignore_index)
     saved = 0
@@ -98,9 +114,15 @@ def evaluate(
     # several processes: every world-th image from this rank's; `saved` counts globally
     indices = range(len(dataset)) if world == 1 else dist.shard(range(len(dataset)))
     bar = Progress(len(indices), 0, "evaluate", enabled=progress and dist.is_main(), unit="image")
-    for i in indices:
-        item = dataset[i]
-        img = item["image"][None].to(device)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,  # dataset[i] itself, one item at a time
+        sampler=list(indices),
+        collate_fn=_item,
+        **loader_options(device, num_workers),
+    )
+    for i, item in zip(indices, loader, strict=True):
+        img = item["image"][None].to(device, non_blocking=True)
         lbl = item["label"]
         _sync(device)
         tf = time.perf_counter()
@@ -143,6 +165,11 @@ def evaluate(
     out["inference_ms_per_image"] = 1000.0 * float(np.mean(timed))
     out["table"] = format_iou_table(cm, dataset.classes.names, sets)
     return out
+
+
+def _item(item: dict) -> dict:
+    """The loader's collate function: the dataset item unchanged."""
+    return item
 
 
 def _sync(device: torch.device) -> None:

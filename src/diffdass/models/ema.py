@@ -9,6 +9,12 @@ update), each floating-point parameter's shadow becomes::
 
 Buffers (e.g. BatchNorm running statistics) and non-floating-point parameters are copied,
 not averaged. Pure torch; no global state.
+
+Shadows on a CUDA device are updated with ``torch._foreach_*`` ops (a few fused kernels for
+the whole model instead of two per parameter), the same formula (``mul_`` then ``add_``).
+Shadows on the CPU keep the per-parameter loop: there the foreach ops give the same bits
+for float32/float64 but not for every dtype (a bfloat16 ``_foreach_mul_`` rounds the decay
+first), and they would not be faster.
 """
 
 from __future__ import annotations
@@ -67,14 +73,19 @@ class EMA:
         _check_keys("parameters", self.shadow, params)
         buffers = dict(model.named_buffers())
         _check_keys("buffers", self.buffers, buffers)
+        fused_s, fused_p = [], []
         for name, p in params.items():
             s = self.shadow[name]
-            if s.is_floating_point():
-                s.mul_(d).add_(p.detach().to(device=s.device, dtype=s.dtype), alpha=1.0 - d)
-            else:
+            if not s.is_floating_point():
                 s.copy_(p.detach())
-        for name, b in buffers.items():
-            self.buffers[name].copy_(b.detach())
+            elif _fused(s):
+                fused_s.append(s)
+                fused_p.append(p.detach().to(device=s.device, dtype=s.dtype))
+            else:
+                s.mul_(d).add_(p.detach().to(device=s.device, dtype=s.dtype), alpha=1.0 - d)
+        if fused_s:
+            ema_foreach_(fused_s, fused_p, d)
+        _copy_all([(self.buffers[name], b.detach()) for name, b in buffers.items()])
         self.step += 1
         return d
 
@@ -85,10 +96,10 @@ class EMA:
         _check_keys("parameters", self.shadow, params)
         buffers = dict(model.named_buffers())
         _check_keys("buffers", self.buffers, buffers)
-        for name, p in params.items():
-            p.copy_(self.shadow[name])
-        for name, b in buffers.items():
-            b.copy_(self.buffers[name])
+        _copy_all(
+            [(p, self.shadow[name]) for name, p in params.items()]
+            + [(b, self.buffers[name]) for name, b in buffers.items()]
+        )
 
     def module_copy(self, model: M) -> M:
         """A deep copy of ``model`` carrying the EMA weights (``model`` is left untouched)."""
@@ -148,3 +159,29 @@ def _check_keys(what: str, ours: Mapping[str, Any], theirs: Mapping[str, Any]) -
         missing = sorted(set(ours) - set(theirs))[:5]
         extra = sorted(set(theirs) - set(ours))[:5]
         raise KeyError(f"EMA {what} do not match the model: missing {missing}, unexpected {extra}")
+
+
+def _fused(t: torch.Tensor) -> bool:
+    """Whether ``t`` is updated by the foreach ops (CUDA tensors; see the module)."""
+    return t.is_cuda
+
+
+def ema_foreach_(shadows: list[torch.Tensor], params: list[torch.Tensor], d: float) -> None:
+    """``s <- d * s + (1 - d) * p`` for every pair, as ``s.mul_(d).add_(p, alpha=1 - d)`` in
+    two foreach ops (``params`` already on the shadows' devices and dtypes)."""
+    torch._foreach_mul_(shadows, d)
+    torch._foreach_add_(shadows, params, alpha=1.0 - d)
+
+
+def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """``dst.copy_(src)`` for every pair: one ``torch._foreach_copy_`` for the CUDA pairs
+    whose two tensors share device and dtype, ``copy_`` for the others (exact either way)."""
+    fused = [_fused(d) and d.device == s.device and d.dtype == s.dtype for d, s in pairs]
+    if any(fused):
+        torch._foreach_copy_(
+            [d for (d, _), f in zip(pairs, fused, strict=True) if f],
+            [s for (_, s), f in zip(pairs, fused, strict=True) if f],
+        )
+    for (d, s), f in zip(pairs, fused, strict=True):
+        if not f:
+            d.copy_(s)

@@ -1,12 +1,18 @@
-"""Device selection."""
+"""Device selection and the per-device compute settings (backend flags, memory format,
+data-loader options): every one of them is a no-op on the CPU, so CPU results do not depend
+on them."""
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import torch
 
 from diffdass.utils.config import ConfigError
 
 VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps"
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -28,3 +34,52 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"device {name!r} requested but MPS is not available")
     return dev
+
+
+def configure_backends(device: torch.device) -> None:
+    """Tune the torch backends for computing on ``device``; a no-op unless it is CUDA.
+
+    On CUDA: ``torch.backends.cudnn.benchmark = True`` (cuDNN times its convolution
+    algorithms for every new input shape and keeps the fastest; fixed-size crops and
+    translation batches pay this once) and TF32 for float32 matrix products and convolutions
+    (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``; bf16
+    autocast regions are unaffected). Both trade bit-reproducibility between GPU runs for
+    speed. Sets nothing but these three process-wide flags, and only for a CUDA ``device``:
+    a CPU run leaves them at torch's defaults.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The memory format convolutional models and their 4-D inputs use on ``device``:
+    ``torch.channels_last`` on CUDA (the layout cuDNN's tensor-core convolutions run in),
+    ``torch.preserve_format`` elsewhere (``x.to(device, memory_format=...)`` then neither
+    copies nor re-lays-out a CPU tensor)."""
+    return torch.channels_last if device.type == "cuda" else torch.preserve_format
+
+
+def channels_last(module: M, device: torch.device) -> M:
+    """``module`` (in place) with its 4-D weights in channels-last layout when ``device`` is
+    CUDA; returned unchanged elsewhere. The layout changes strides only, never values or the
+    parameter objects (optimisers built before stay valid)."""
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def loader_options(device: torch.device, num_workers: int) -> dict:
+    """Keyword arguments of a ``DataLoader`` that feeds ``device`` with ``num_workers``
+    worker processes: on CUDA, pinned host memory (``pin_memory``: asynchronous copies to
+    the GPU) and, with workers, ``persistent_workers`` (the workers outlive a pass over the
+    loader instead of being started again for the next one); neither elsewhere. The batches
+    themselves do not depend on these options."""
+    cuda = device.type == "cuda"
+    return {
+        "num_workers": num_workers,
+        "pin_memory": cuda,
+        "persistent_workers": cuda and num_workers > 0,
+    }
