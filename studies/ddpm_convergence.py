@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from _run_args import add_run_args, data_root  # the studies folder is on sys.path
 from diffdass.adaptation.ddpm_training import estimate_moments, load_ddpm, sample_images
 from diffdass.adaptation.stage_metrics import stack_images
 from diffdass.data.folder import FolderDataset
@@ -33,19 +34,13 @@ from diffdass.evaluation.distance import image_set_distance
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="run folder")
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="benchmark root (default: RUN/data; `diffdass ablate` keeps it in OUT/data)",
-    )
+    add_run_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="write the rows here (json)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    data = args.data or args.run / "data"
+    data = data_root(args)
     ckpts = args.run / "ddpm" / "checkpoints"
     snaps = sorted(ckpts.glob("snapshot_*.safetensors"))
     if not snaps:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from _run_args import add_run_args, data_root  # the studies folder is on sys.path
 from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
 from diffdass.adaptation.stage_metrics import stack_images
 from diffdass.data.folder import FolderDataset
@@ -105,8 +106,7 @@ def _distance_row(name: str, x: torch.Tensor, xv: torch.Tensor) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="run folder")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark root (default RUN/data)")
+    add_run_args(ap)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the rows here (json)")
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
         help="also start the sampler from the forward marginal's mean (with / without clipping)",
     )
     args = ap.parse_args(argv)
-    data = args.data or args.run / "data"
+    data = data_root(args)
     unet, meta = load_ddpm(args.run / "ddpm" / "checkpoints" / "final.safetensors")
     unet.eval()
     schedule = DDPMSchedule(num_timesteps=int(meta.get("num_timesteps", 1000)))

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import yaml
 
+from _run_args import add_run_args, data_root  # the studies folder is on sys.path
 from diffdass.adaptation.config import OptimConfig
 from diffdass.adaptation.seg_training import SegTrainer
 from diffdass.data.folder import FolderDataset, StreamBatchSampler, StreamDataset
@@ -35,8 +35,7 @@ from diffdass.models.factory import load_segmenter
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="diffdass run dir")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark root (default: RUN/data)")
+    add_run_args(ap)
     ap.add_argument("--iterations", type=int, default=None, help="default: PTL's total")
     ap.add_argument("--no-src", action="store_true", help="drop the source term (L_ada only)")
     ap.add_argument("--variants", default="perfect,source", help="comma list of: perfect, source")
@@ -59,7 +58,7 @@ def main() -> None:
         scale=tuple(a["scale"]) if a.get("scale") else None,
         hflip=a.get("hflip", True),
     )
-    data = args.data or args.run / "data"
+    data = data_root(args)
     src = FolderDataset(data / "source", "train", "required", tf, seed=seed)
     oracle = FolderDataset(data / "target", "train_oracle", "required", tf, seed=seed)
     val = FolderDataset(data / "target", "val", "required")

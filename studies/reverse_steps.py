@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from _run_args import add_run_args  # the studies folder is on sys.path
 from diffdass.adaptation.ddpm_training import ddpm_moments, load_ddpm
 from diffdass.adaptation.stage_metrics import oracle_consistency, stack_images, translate_images
 from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig
@@ -50,13 +51,7 @@ from diffdass.utils.config import from_dict
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=Path("runs/benchmark"), help="run folder")
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="benchmark root (default: RUN/data; `diffdass ablate` keeps it in OUT/data)",
-    )
+    add_run_args(ap)
     ap.add_argument("--n", type=int, default=None, help="noising depth (default: ptl.n_max)")
     ap.add_argument("--steps", type=int, nargs="+", default=[6, 12, 24])
     ap.add_argument("--images", type=int, default=32)
