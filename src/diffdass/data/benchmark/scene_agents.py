@@ -315,6 +315,20 @@ class AgentsMixin:
             q = p + d * a + rr * b
             return float(q[0]), float(q[1])
 
+        def big_wheels(positions) -> None:  # a truck's or a bus's pairs of 1 m wheels
+            for a in positions:
+                for b in (-1, 1):
+                    cv.box(
+                        inst,
+                        *at(a, b * (width / 2 - 0.15)),
+                        heading,
+                        1.0,
+                        0.3,
+                        0.0,
+                        1.0,
+                        parts=tire,
+                    )
+
         px = self._px(x, z)  # detail smaller than half a pixel is skipped
         if cls == CAR:
             h = uniform(r, 1.35, 1.6)
@@ -358,18 +372,7 @@ class AgentsMixin:
                     parts={"front": BRIGHT, "side": BRIGHT},
                 )
         elif cls == TRUCK:
-            for a in (length / 2 - 1.0, -length / 2 + 1.2, -length / 2 + 2.5):
-                for b in (-1, 1):
-                    cv.box(
-                        inst,
-                        *at(a, b * (width / 2 - 0.15)),
-                        heading,
-                        1.0,
-                        0.3,
-                        0.0,
-                        1.0,
-                        parts=tire,
-                    )
+            big_wheels((length / 2 - 1.0, -length / 2 + 1.2, -length / 2 + 2.5))
             cab = 2.2
             cv.box(inst, *at(length / 2 - cab / 2), heading, cab, width, 0.5, 2.9)
             cv.box(
@@ -410,18 +413,7 @@ class AgentsMixin:
             hb = 3.1 if cls == BUS else 3.4
             y0 = 0.3 if cls == BUS else 0.4
             if cls == BUS:
-                for a in (length / 2 - 2.5, -length / 2 + 3.0):
-                    for b in (-1, 1):
-                        cv.box(
-                            inst,
-                            *at(a, b * (width / 2 - 0.15)),
-                            heading,
-                            1.0,
-                            0.3,
-                            0.0,
-                            1.0,
-                            parts=tire,
-                        )
+                big_wheels((length / 2 - 2.5, -length / 2 + 3.0))
                 segs = [(0.0, length)]
             else:
                 cv.box(
