@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the wheels the GPU check carries (run where pip reaches PyPI): the package's
 # dependencies that a CUDA image with torch, torchvision and timm lacks, for its Python 3.12,
-# pure-Python wheels only (about 6.5 MiB) into .whl/ (git-ignored).
+# pure-Python wheels only (about 6.3 MiB, measured with du) into .whl/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
