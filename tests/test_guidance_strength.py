@@ -114,6 +114,61 @@ def test_strength_changes_the_translation_monotonically():
     assert moved[0] == 0 and all(a < b for a, b in zip(moved, moved[1:], strict=False)), moved
 
 
+# ------------------------------------------------------------------------------ smoothing
+def test_smoothing_keeps_a_constant_shift_and_damps_a_checkerboard():
+    from diffdass.diffusion.guidance import smooth_shift
+
+    const = torch.full((1, 3, 32, 64), 0.25)
+    torch.testing.assert_close(smooth_shift(const, 0.05), const)
+    checker = (torch.arange(32)[:, None] + torch.arange(64)[None]) % 2 * 2.0 - 1.0
+    checker = checker.expand(1, 3, 32, 64)
+    assert smooth_shift(checker, 0.05).abs().max() < 0.01  # std 1.6 px: gone
+    assert smooth_shift(checker, 0.0) is checker
+    assert smooth_shift(checker, 0.001) is checker  # std under a tenth of a pixel: off
+
+
+def test_smoothing_is_relative_to_the_image_height():
+    """``smooth`` is a fraction of the height: the same scene at twice the size gets the
+    smoothed shift of the small one, upsampled (up to the blur of the upsampling itself)."""
+    from diffdass.diffusion.guidance import smooth_shift
+
+    g = torch.Generator().manual_seed(0)
+    coarse = F.avg_pool2d(torch.randn(1, 1, 64, 128, generator=g), 8)  # 8 x 16, smooth field
+    small = F.interpolate(coarse, size=(32, 64), mode="bilinear", align_corners=False)
+    large = F.interpolate(coarse, size=(64, 128), mode="bilinear", align_corners=False)
+    a = F.interpolate(smooth_shift(small, 0.05), size=(64, 128), mode="bilinear")
+    b = smooth_shift(large, 0.05)
+    err = (a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()
+    assert err < 0.05
+
+
+@pytest.mark.parametrize("kind", ["gsg", "lcg", "sgg"])
+def test_a_smoothed_guided_step_still_lowers_the_cross_entropy(kind):
+    seg, y, x_t = PixelSeg().eval(), make_labels(), rand_x(13)
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(1))
+    opts = SamplerOptions(variance="fixed_small", clip_x0=True)
+
+    def eps(x, t):
+        return 0.3 * torch.tanh(x)
+
+    plain = reverse_step(x_t, 40, eps, SCHED, noise=z, options=opts)
+    sharp = build_guidance(kind, seg, y, scale=0.5)
+    soft = build_guidance(kind, seg, y, scale=0.5, smooth=0.1)
+    a = reverse_step(x_t, 40, eps, SCHED, noise=z, guidance=sharp, options=opts)
+    b = reverse_step(x_t, 40, eps, SCHED, noise=z, guidance=soft, options=opts)
+    gsg = GSG(seg, y, reduction="sum")
+    assert (gsg.loss(b) < gsg.loss(plain)).all()
+    assert not torch.equal(a, b)
+
+
+def test_smooth_is_validated():
+    with pytest.raises(ConfigError, match="guidance.smooth"):
+        GuidanceConfig(smooth=-0.1).validate()
+    with pytest.raises(ConfigError, match="guidance.smooth"):
+        GuidanceConfig(smooth=2).validate()
+    GuidanceConfig(smooth=0.025).validate()
+
+
 # ------------------------------------------------------------------------------ the knee
 def test_knee_of_a_known_curve():
     """Consistency rises linearly up to strength 4 then saturates; the distance is flat up to
@@ -133,6 +188,30 @@ def test_knee_of_a_known_curve():
     assert s[knee(s, [10, 11, 12, 14, 18, 18, 17], [400] * 7, 0.2)] == 4.0
     # the choice does not depend on how far the sweep extends
     assert knee(s[:6], cons[:6], dist[:6], 0.2) == knee(s, cons, dist, 0.2)
+
+
+def test_sweep_stops_outside_the_band_and_refines_the_knee():
+    """A synthetic curve: consistency rises with the strength, the distance leaves the 20%
+    band after 0.08. The sweep stops two strengths past the band, chooses 0.08, then measures
+    the geometric mean of 0.08 and 0.16 (inside the band here, more consistent) and takes it."""
+    from diffdass.adaptation.calibration import sweep_strengths
+
+    def measure(s):
+        measured.append(s)
+        return {"strength": s, "judge_consistency": 10 + 100 * s, "distance": 100 + 1500 * s**2}
+
+    measured: list[float] = []
+    spec = CalibrationSpec(strengths=[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28])
+    points, i = sweep_strengths(spec, measure)
+    assert measured == [0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.113]
+    assert [p["strength"] for p in points] == [0.0, 0.01, 0.02, 0.04, 0.08, 0.113, 0.16, 0.32]
+    assert points[i]["strength"] == 0.113 and points[i]["refined"]
+    measured.clear()  # without the refinement: the doubling sweep's knee
+    points, i = sweep_strengths(CalibrationSpec(strengths=spec.strengths, refine=False), measure)
+    assert points[i]["strength"] == 0.08 and 0.113 not in measured
+    # nothing more consistent than unguided: off, and no refinement
+    flat = sweep_strengths(spec, lambda s: {"strength": s, "judge_consistency": 5, "distance": 1})
+    assert flat[1] == 0 and len(flat[0]) == len(spec.sweep())
 
 
 def test_calibration_spec_sweep_and_validation():

@@ -368,3 +368,22 @@ def test_ptl_settings_the_calibration_does_not_read_may_change_after_it(tmp_path
     (out / "ptl" / "checkpoints").mkdir(parents=True)
     (out / "ptl" / "checkpoints" / "last.safetensors").write_bytes(b"x")
     assert not allow("ptl.iterations_per_domain: 40 -> 80")  # PTL has started
+
+
+def test_the_sweep_settings_may_change_after_the_judge_but_not_after_the_calibration(tmp_path):
+    """A finished judge does not freeze the sweep (strengths, images, tolerance): only its own
+    settings (seed offset, iterations) are tied to it; once the calibration ran, all are."""
+    from diffdass.pipeline.stages import _unstarted_sections
+
+    out = tmp_path / "run"
+    (out / "judge" / "checkpoints").mkdir(parents=True)
+    (out / "judge" / "checkpoints" / "final.safetensors").write_bytes(b"x")
+    allow = _unstarted_sections(out)
+    assert allow("calibration.strengths: [0.01] -> [0.02]")
+    assert allow("calibration.tolerance: 0.2 -> 0.1")
+    assert allow("ptl.guidance.input: 'x_t' -> 'x0'")
+    assert not allow("calibration.judge_iterations: None -> 100")
+    assert not allow("calibration.judge_seed_offset: 1000 -> 7")
+    (out / "calibration").mkdir()
+    (out / "calibration" / "calibration.json").write_text("{}")
+    assert not allow("calibration.strengths: [0.01] -> [0.02]")

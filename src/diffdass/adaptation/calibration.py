@@ -22,7 +22,9 @@ picks the knee:
    chosen (ties: the weaker); if none raises the judge's consistency, guidance is switched off
    (strength 0). The rule does not depend on how far the sweep extends, and it stops the sweep
    after ``stop_after`` consecutive strengths outside the band (the distance only grows with
-   the strength).
+   the strength). With ``refine`` (default), one more strength, the geometric mean of the
+   chosen one and the next one tried, is measured and the choice made again among all points:
+   the doubling sweep is cheap, and the refinement halves its step where it matters.
 
 No target label is read. The result (``calibration.json``, and ``curve.png`` in a run) holds
 every point of the sweep, so the choice can be checked and overridden by hand.
@@ -41,7 +43,7 @@ from diffdass.adaptation.translation import GuidanceConfig, SamplerConfig
 from diffdass.utils.config import ConfigError
 from diffdass.utils.io import save_image, write_json
 
-__all__ = ["CalibrationSpec", "calibrate_guidance", "knee"]
+__all__ = ["CalibrationSpec", "calibrate_guidance", "knee", "sweep_strengths"]
 
 
 @dataclass
@@ -60,6 +62,9 @@ class CalibrationSpec:
     # stop after this many consecutive strengths outside the band (0: always the whole sweep)
     stop_after: int = 2
     # the judge: g_0's recipe with this seed offset and (if set) this many iterations
+    # after the sweep, try one more strength halfway (geometric mean) between the chosen one
+    # and the next one tried, and choose again among all points
+    refine: bool = True
     judge_seed_offset: int = 1000
     judge_iterations: int | None = None
 
@@ -161,32 +166,33 @@ def calibrate_guidance(
             row[f"{name}_consistency"] = oracle_consistency(model, x, ys, classes, device)
         return row
 
-    sweep = spec.sweep()
-    points: list[dict] = []
-    pictures = [xs[:4]]  # the sheet: source, then every strength, for 4 images
-    outside = 0
-    bar = Progress(len(sweep), 0, "calibrate guidance", enabled=progress, unit="strength")
-    for s in sweep:
-        if spec.stop_after and outside >= spec.stop_after:
-            break  # the distance only grows with the strength
+    pictures = {}  # the sheet: source, then every strength, for 4 images
+    x_ref = None
+
+    def measure(s: float) -> dict:
+        nonlocal x_ref
         g = replace(guidance, kind="none") if s == 0 else replace(guidance, scale=float(s))
         x = translate_images(
             xs, ys, n, unet, schedule, g0, g, sampler, moments, respace_steps, seed, device
         )
-        points.append({"strength": s, **scores(x), "rms_change_vs_unguided": None})
-        pictures.append(x[:4])
+        point = {"strength": s, **scores(x), "rms_change_vs_unguided": None}
         if s == 0:
             x_ref = x
         else:
-            points[-1]["rms_change_vs_unguided"] = float((x - x_ref).pow(2).mean().sqrt())
-        band = (1.0 + spec.tolerance) * points[0]["distance"]
-        outside = outside + 1 if points[-1]["distance"] > band else 0
-        bar.update(1, strength=s)
+            point["rms_change_vs_unguided"] = float((x - x_ref).pow(2).mean().sqrt())
+        pictures[s] = x[:4]
+        return point
+
+    bar = Progress(
+        len(spec.sweep()) + int(spec.refine),
+        0,
+        "calibrate guidance",
+        enabled=progress,
+        unit="strength",
+    )
+    points, i = sweep_strengths(spec, measure, lambda s: bar.update(1, strength=s))
     bar.close()
     tried = [p["strength"] for p in points]
-    cons = [p["judge_consistency"] for p in points]
-    dist = [p["distance"] for p in points]
-    i = knee(tried, cons, dist, spec.tolerance)
     source = scores(xs)  # the untranslated images: distance and every model's consistency
     result = {
         "chosen_strength": tried[i],
@@ -211,8 +217,42 @@ def calibrate_guidance(
         "note": "no target label was read to choose; the oracle column is evidence only",
     }
     write_json(Path(out) / "calibration.json", result)
-    save_image(Path(out) / "translations.png", _sheet(pictures))
+    save_image(Path(out) / "translations.png", _sheet([xs[:4], *(pictures[t] for t in tried)]))
     return result
+
+
+def sweep_strengths(spec: CalibrationSpec, measure, done=lambda s: None) -> tuple[list, int]:
+    """The sweep and the choice, given ``measure(strength) -> {"judge_consistency",
+    "distance", ...}``: every strength of ``spec.sweep()`` in increasing order until
+    ``spec.stop_after`` consecutive ones leave the band, then (``spec.refine``) the geometric
+    mean of the chosen strength and the next one tried. Returns the points (increasing
+    strength; a refined one has ``"refined": True``) and the chosen index."""
+    points: list[dict] = []
+    outside = 0
+    for s in spec.sweep():
+        if spec.stop_after and outside >= spec.stop_after:
+            break  # the distance only grows with the strength
+        points.append(measure(s))
+        band = (1.0 + spec.tolerance) * points[0]["distance"]
+        outside = outside + 1 if points[-1]["distance"] > band else 0
+        done(s)
+    i = knee(*_curve(points), spec.tolerance)
+    if spec.refine and 0 < i < len(points) - 1:
+        # one more point halfway (geometrically) to the next strength tried
+        mid = float(f"{(points[i]['strength'] * points[i + 1]['strength']) ** 0.5:.3g}")
+        points.insert(i + 1, {**measure(mid), "refined": True})
+        done(mid)
+        i = knee(*_curve(points), spec.tolerance)
+    return points, i
+
+
+def _curve(points: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """(strengths, judge consistency, distance) of the points, for :func:`knee`."""
+    return (
+        [p["strength"] for p in points],
+        [p["judge_consistency"] for p in points],
+        [p["distance"] for p in points],
+    )
 
 
 def _sheet(columns: list[torch.Tensor]):

@@ -47,6 +47,13 @@ input-to-logit Jacobian has operator norm ``J`` the shift of one image is bounde
 ``scale * Sigma * sqrt(2) * J`` for ``image_mean`` and ``scale * Sigma * sqrt(2) * J * K`` for the
 literal ``mean`` of LCG with ``K`` regions (the shift concentrates on small regions).
 
+Smoothing (``smooth``, off by default). The gradient of a segmenter w.r.t. its input is
+dominated by high spatial frequencies that fool that segmenter and no other (an adversarial
+perturbation), and they are what raises the patch distance to the target first. ``smooth = s``
+convolves every shift with a Gaussian of standard deviation ``s * H`` pixels (``H``: the image
+height, so one value means the same at any resolution), as translation-invariant attacks do to
+make perturbations transfer (a constant shift is left unchanged).
+
 Gradients are taken w.r.t. the noisy input ``x_t`` only, through the segmenter only (never the
 UNet), with ``torch.autograd.grad`` on the input, so the segmenter's parameters never accumulate
 ``.grad``. During the call the segmenter is switched to eval mode (BatchNorm uses running
@@ -67,6 +74,7 @@ from typing import Any, Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.functional import gaussian_blur
 
 from diffdass.utils.modules import eval_mode, output_logits
 
@@ -80,6 +88,7 @@ __all__ = [
     "eval_mode",
     "per_image_ce",
     "segmenter_logits",
+    "smooth_shift",
 ]
 
 IGNORE_INDEX = 255
@@ -126,6 +135,20 @@ def per_image_ce(
     return total / valid
 
 
+def smooth_shift(shift: Tensor, smooth: float) -> Tensor:
+    """``shift`` convolved with a Gaussian of std ``smooth * H`` pixels (reflected borders);
+    ``smooth <= 0``, or a std under a tenth of a pixel, returns ``shift`` unchanged."""
+    sigma = float(smooth) * shift.shape[-2]
+    if sigma < 0.1:
+        return shift
+    # a kernel of +-3 std, kept below the image size (reflect padding needs pad < size)
+    radius = min(math.ceil(3 * sigma), (min(shift.shape[-2:]) - 1) // 2)
+    if radius < 1:
+        return shift
+    size = 2 * radius + 1
+    return gaussian_blur(shift, kernel_size=[size, size], sigma=[sigma, sigma])
+
+
 class _SegmenterGuidance(ABC):
     """Shared plumbing: labels, segmenter forward (autocast, upsampling), scale."""
 
@@ -137,6 +160,7 @@ class _SegmenterGuidance(ABC):
         ignore_index: int = IGNORE_INDEX,
         amp_dtype: torch.dtype | None = None,
         reduction: Reduction = "sum",
+        smooth: float = 0.0,
     ) -> None:
         if labels.ndim != 3:
             raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
@@ -148,6 +172,9 @@ class _SegmenterGuidance(ABC):
         self.ignore_index = int(ignore_index)
         self.amp_dtype = amp_dtype
         self.reduction: Reduction = reduction
+        if not smooth >= 0:
+            raise ValueError(f"smooth must be >= 0, got {smooth}")
+        self.smooth = float(smooth)
 
     def _labels_on(self, device: torch.device) -> Tensor:
         if self.labels.device != device:
@@ -168,8 +195,9 @@ class _SegmenterGuidance(ABC):
         """``grad_{x_t}`` of this guidance's loss (float32, the shape of ``x_t``)."""
 
     def __call__(self, x_t: Tensor, t: int, step: int, variance: float) -> Tensor:
-        """Mean shift ``-scale * variance * grad`` (float32, shape of ``x_t``)."""
-        return (-self.scale * float(variance)) * self.gradient(x_t)
+        """Mean shift ``-scale * variance * grad`` (float32, shape of ``x_t``), smoothed when
+        ``smooth > 0``."""
+        return smooth_shift((-self.scale * float(variance)) * self.gradient(x_t), self.smooth)
 
 
 # ---------------------------------------------------------------------------- GSG
@@ -238,8 +266,9 @@ class LCG(_SegmenterGuidance):
         ignore_index: int = IGNORE_INDEX,
         amp_dtype: torch.dtype | None = None,
         reduction: Reduction = "sum",
+        smooth: float = 0.0,
     ) -> None:
-        super().__init__(segmenter, labels, scale, ignore_index, amp_dtype, reduction)
+        super().__init__(segmenter, labels, scale, ignore_index, amp_dtype, reduction, smooth)
         if mode not in ("batched", "loop", "single_pass"):
             raise ValueError(f"unknown LCG mode {mode!r}")
         if chunk_size < 1:
@@ -462,14 +491,20 @@ def build_guidance(
     amp_dtype: torch.dtype | None = None,
     ignore_index: int = IGNORE_INDEX,
     reduction: Reduction = "sum",
+    smooth: float = 0.0,
 ) -> GuidanceFn | None:
-    """Guidance for one batch of labels: ``None`` (baseline), GSG-only, LCG-only or SGG."""
+    """Guidance for one batch of labels: ``None`` (baseline), GSG-only, LCG-only or SGG.
+    ``smooth``: Gaussian std of the shift as a fraction of the image height (0: off)."""
     if kind == "none":
         return None
     if segmenter is None or labels is None:
         raise ValueError(f"guidance {kind!r} needs a segmenter and labels")
     common: dict[str, Any] = dict(
-        scale=scale, ignore_index=ignore_index, amp_dtype=amp_dtype, reduction=reduction
+        scale=scale,
+        ignore_index=ignore_index,
+        amp_dtype=amp_dtype,
+        reduction=reduction,
+        smooth=smooth,
     )
     if kind == "gsg":
         return GSG(segmenter, labels, **common)

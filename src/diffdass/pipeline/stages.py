@@ -66,6 +66,8 @@ _DEPENDENTS = {
 _CALIBRATION_KEYS = tuple(
     f"ptl.{k}" for k in ("guidance", "sampler", "n_max", "domains", "num_domains", "reverse_steps")
 )
+#: the calibration settings the judge's training reads (the others: only the sweep)
+_JUDGE_KEYS = ("calibration.judge_seed_offset", "calibration.judge_iterations")
 PIPELINE_ARTIFACTS = (
     "summary.json",
     "*/eval/metrics.json",
@@ -86,6 +88,8 @@ def _unstarted_sections(out: Path):
         deps = _DEPENDENTS.get(section)
         if section == "ptl" and not key.startswith(_CALIBRATION_KEYS):
             deps = ("ptl", "stage_metrics")  # a PTL setting the calibration does not read
+        if section == "calibration" and not key.startswith(_JUDGE_KEYS):
+            deps = ("calibration", "ptl", "stage_metrics")  # the sweep, not the judge
         return deps is not None and not any(started(s) for s in deps)
 
     return allow
