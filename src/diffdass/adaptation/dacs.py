@@ -62,6 +62,8 @@ from diffdass.training import TrainLoop, first_last
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import (
+    Amp,
+    autocast,
     channels_last,
     configure_backends,
     memory_format,
@@ -88,7 +90,7 @@ class DACSConfig:
     mix_jitter: float = 0.1  # brightness/contrast jitter of the mixed image (0: off)
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: Amp = True  # bf16 autocast: true on CUDA only, bf16 also on the CPU, false never
     num_workers: int = 0
     checkpoint_every: int = 1000
     on_error: str = "raise"
@@ -118,7 +120,7 @@ class DACSTrainer:
         # channels-last on CUDA (the EMA teacher copies the layout); unchanged on the CPU
         self.model = channels_last(model.to(device), device)
         self.optimizer = build_optimizer(self.model, cfg.optim)  # the source-only optimiser
-        self.amp = cfg.amp and device.type == "cuda"
+        self.amp = cfg.amp
         self.ema = EMA(self.model, decay=cfg.ema_decay)
         self.ema_model = self.ema.module_copy(self.model).eval().requires_grad_(False)
 
@@ -139,7 +141,7 @@ class DACSTrainer:
         x_s = batch_s["image"].to(self.device, memory_format=fmt)
         y_s = batch_s["label"].to(self.device)
         x_t = batch_t["image"].to(self.device, memory_format=fmt)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with torch.no_grad(), autocast(self.device, self.amp):
             logits_t = self.ema_model.predict(x_t)
         y_t, conf = pseudo_labels(logits_t, c.pseudo_threshold)
         x_mix, y_mix, _ = classmix(x_s, y_s, x_t, y_t, gen)
@@ -147,7 +149,7 @@ class DACSTrainer:
         self.model.train()
         if c.model.freeze_bn:
             set_bn_eval(self.model)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with autocast(self.device, self.amp):
             logits = self.model(torch.cat([x_s, x_mix]))
         b = x_s.shape[0]
         l_src = segmentation_loss(logits[:b], y_s)

@@ -48,6 +48,7 @@ from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import (
+    Amp,
     channels_last,
     configure_backends,
     loader_options,
@@ -89,7 +90,7 @@ class TrainDDPMConfig:
     snapshot_every: int = 0
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: Amp = True  # bf16 autocast: true on CUDA only, bf16 also on the CPU, false never
     num_workers: int = 2
 
     def validate(self) -> None:

@@ -57,6 +57,7 @@ from diffdass.training import TrainLoop
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.utils.device import Amp
 from diffdass.utils.io import write_json
 from diffdass.utils.run import RunDir
 
@@ -109,7 +110,7 @@ class PTLConfig:
     strip_images: int = 2  # source images whose translation across domains is saved (Fig. 4)
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: Amp = True  # fine-tuning in bf16: true on CUDA only, bf16 also on the CPU, false never
     num_workers: int = 0
     on_error: str = "raise"  # or "skip": source samples the up-front check finds bad are left out
 

@@ -48,6 +48,8 @@ from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import (
+    Amp,
+    autocast,
     channels_last,
     configure_backends,
     loader_options,
@@ -73,7 +75,8 @@ class TrainSegConfig:
     batch_size: int = 2
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
+    # bf16 autocast: true on CUDA only, bf16 also on the CPU, false never (utils.device.Amp)
+    amp: Amp = True
     num_workers: int = 2
     checkpoint_every: int = 1000
     on_error: str = "raise"  # or "skip": log and skip bad samples
@@ -156,7 +159,7 @@ class SegTrainer:
         total_iterations: int,
         device: torch.device,
         seed: int = 0,
-        amp: bool = True,
+        amp: Amp = True,
         freeze_bn: bool = False,
         noisy_masked: NoisyMaskedAugment | None = None,
         joint_bn: bool = False,
@@ -171,7 +174,7 @@ class SegTrainer:
         self.cfg = optim
         self.total = total_iterations
         self.seed = seed
-        self.amp = amp and device.type == "cuda"
+        self.amp = amp
         self.freeze_bn = freeze_bn
         # several batches in one step (PTL's L_ada + L_src): one forward of their
         # concatenation (BatchNorm statistics of both) instead of one forward each
@@ -227,13 +230,13 @@ class SegTrainer:
             # one forward of the concatenated batches: BatchNorm sees their joint statistics
             sizes = [x.shape[0] for x, _ in prepared]
             x_all = torch.cat([x for x, _ in prepared])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with autocast(self.device, self.amp):
                 logits = self.model(x_all)
             for lg, (_, labels) in zip(logits.split(sizes), prepared, strict=True):
                 parts.append(ce_loss(lg, labels))
         else:
             for images, labels in prepared:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                with autocast(self.device, self.amp):
                     parts.append(seg_loss(self.model, images, labels))
         loss = torch.stack(parts).sum()
         if not torch.isfinite(loss):
@@ -281,13 +284,13 @@ class SegTrainer:
         if self.joint_bn and len(prepared) > 1:
             sizes = [x.shape[0] for x, _ in prepared]
             x_all = torch.cat([x for x, _ in prepared])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with autocast(self.device, self.amp):
                 logits_all = self.model(x_all)
             logits = list(logits_all.split(sizes))
         else:
             logits = []
             for images, _ in prepared:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                with autocast(self.device, self.amp):
                     logits.append(self.model(images))
         parts = [
             _ce_sum(lg, lb) / counts[i].to(torch.float32)

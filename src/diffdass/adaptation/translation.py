@@ -34,6 +34,7 @@ from diffdass.diffusion.sampler import SamplerOptions, as_eps_fn, translate
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.utils import distributed as dist
 from diffdass.utils.config import ConfigError, validate_tree
+from diffdass.utils.device import Amp, amp_dtype, autocast
 from diffdass.utils.io import save_image
 from diffdass.utils.progress import Progress
 from diffdass.utils.rng import derive_seed, seeded_generator
@@ -69,7 +70,8 @@ class GuidanceConfig:
     # Gaussian smoothing of every shift, std as a fraction of the image height (0: off); it
     # removes the high-frequency, guide-specific part of the gradient (docs/translation.md)
     smooth: float = 0.025
-    amp: bool = True  # bf16 segmenter forward on CUDA
+    # bf16 UNet and segmenter forwards: true on CUDA only, bf16 also on the CPU, false never
+    amp: Amp = True
 
     def validate(self) -> None:
         if self.kind not in ("none", "gsg", "lcg", "sgg"):
@@ -189,7 +191,6 @@ def translate_batch(
     opts = (sampler or SamplerConfig()).options(moments, guidance)
     if images.is_cuda:
         images = images.contiguous(memory_format=torch.channels_last)
-    amp_dtype = torch.bfloat16 if guidance.amp and images.is_cuda else None
     g = build_guidance(
         guidance.kind,
         segmenter,
@@ -199,11 +200,11 @@ def translate_batch(
         lcg_mode=guidance.lcg_mode,
         chunk_size=guidance.chunk_size,
         seed=seed,
-        amp_dtype=amp_dtype,
+        amp_dtype=amp_dtype(images.device, guidance.amp),
         reduction=guidance.reduction,
         smooth=guidance.smooth,
     )
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda and guidance.amp):
+    with autocast(images.device, guidance.amp):
         out = translate(
             images,
             n,

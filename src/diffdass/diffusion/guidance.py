@@ -60,8 +60,8 @@ UNet), with ``torch.autograd.grad`` on the input, so the segmenter's parameters 
 statistics, so the items of a batch are independent; Dropout is off) and each submodule's
 ``training`` flag is restored afterwards. The logits are upsampled bilinearly
 (``align_corners=False``) to the label size when smaller. With ``amp_dtype`` (e.g.
-``torch.bfloat16``) and CUDA inputs, the segmenter forward runs under autocast; the loss and the
-returned gradient are float32.
+``torch.bfloat16``; the caller decides per device, e.g. only on CUDA), the segmenter forward
+runs under autocast on the inputs' device; the loss and the returned gradient are float32.
 """
 
 from __future__ import annotations
@@ -113,10 +113,11 @@ def segmenter_logits(segmenter: nn.Module, x: Tensor) -> Tensor:
 
 
 def _autocast(x: Tensor, amp_dtype: torch.dtype | None, force_fp32: bool = False):
-    if force_fp32 and x.is_cuda:  # even inside a caller's autocast region
-        return torch.autocast(device_type="cuda", enabled=False)
-    if amp_dtype is not None and x.is_cuda:
-        return torch.autocast(device_type="cuda", dtype=amp_dtype)
+    kind = x.device.type
+    if force_fp32 and kind in ("cuda", "cpu"):  # even inside a caller's autocast region
+        return torch.autocast(device_type=kind, enabled=False)
+    if amp_dtype is not None and kind in ("cuda", "cpu"):
+        return torch.autocast(device_type=kind, dtype=amp_dtype)
     return nullcontext()
 
 

@@ -18,6 +18,7 @@ from diffdass.adaptation.stage_metrics import StageMetricsSpec
 from diffdass.data.benchmark.writer import BenchmarkConfig
 from diffdass.data.folder import DomainSpec
 from diffdass.utils.config import ConfigError, build_config, validate_tree
+from diffdass.utils.device import Amp
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "benchmark.yaml"
 
@@ -63,6 +64,9 @@ class PipelineConfig:
     out: str = "runs/benchmark"
     seed: int = 0
     device: str = "auto"
+    # mixed precision of every stage (null: each stage's own `amp`, true by default = bf16 on
+    # CUDA only); `bf16` also on the CPU (faster there, not bit-identical: docs/performance.md)
+    amp: Amp | None = None
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
     source: DomainSpec = field(default_factory=DomainSpec)  # labeled source
     target: DomainSpec = field(default_factory=DomainSpec)  # unlabeled target (train)
@@ -110,7 +114,7 @@ def _own(obj, attr: str, value, key: str, source: str) -> None:
 
 
 def fill_config(cfg: PipelineConfig) -> PipelineConfig:
-    """Share the data sources, seed and device with every stage config.
+    """Share the data sources, seed, device (and ``amp`` when given) with every stage config.
 
     The keys filled here belong to the pipeline: a stage section that sets one of them to
     something else is refused with a :class:`ConfigError` naming the shared setting to use.
@@ -137,6 +141,8 @@ def fill_config(cfg: PipelineConfig) -> PipelineConfig:
         for key, (value, source) in _shared(cfg, name).items():
             if hasattr(stage, key):
                 _own(stage, key, value, f"{name}.{key}", source)
+    if cfg.amp is not None and cfg.ptl is not None:  # translation's forwards follow it too
+        _own(cfg.ptl.guidance, "amp", cfg.amp, "ptl.guidance.amp", "`amp`")
     stages = stage_sections(cfg)
     for stage in stages.values():
         validate_tree(stage)
@@ -174,6 +180,8 @@ def _shared(cfg: PipelineConfig, name: str) -> dict[str, tuple[object, str]]:
         "seed": (cfg.seed, "`seed`"),
         "device": (cfg.device, "`device`"),
     }
+    if cfg.amp is not None:
+        shared["amp"] = (cfg.amp, "`amp`")
     if name != "source_only":
         # a stage that starts from g_0 gets its weights (and a segmenter `model`, its
         # architecture); the source split is shared, so source_only.on_error decides for

@@ -170,6 +170,7 @@ def _ddpm_step_time(dcfg, full, device, steps: int) -> float:
     from diffdass.diffusion.schedule import DDPMSchedule
     from diffdass.models.ema import EMA
     from diffdass.models.unet import build_unet
+    from diffdass.utils.device import autocast
 
     size = tuple(dcfg.resize) if dcfg.resize else full
     crop = tuple(dcfg.crop) if dcfg.crop else size
@@ -180,11 +181,10 @@ def _ddpm_step_time(dcfg, full, device, steps: int) -> float:
     eps_fn = as_eps_fn(unet)
     x0 = (torch.rand(dcfg.batch_size, 3, *crop) * 2 - 1).to(device)
     gen = torch.Generator().manual_seed(0)
-    amp = dcfg.amp and device.type == "cuda"
 
     def step():
         unet.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, dcfg.amp):
             loss = schedule.training_loss(eps_fn, x0, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

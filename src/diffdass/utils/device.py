@@ -1,10 +1,11 @@
 """Device selection and the per-device compute settings (backend flags, memory format,
-data-loader options): every one of them is a no-op on the CPU, so CPU results do not depend
-on them."""
+data-loader options, mixed precision): every one of them is a no-op on the CPU unless asked
+for (``amp: bf16``), so CPU results do not depend on them by default."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+import contextlib
+from typing import Literal, TypeVar
 
 import torch
 
@@ -13,6 +14,33 @@ from diffdass.utils.config import ConfigError
 VALID_DEVICES = "auto, cpu, cuda, cuda:N, mps"
 
 M = TypeVar("M", bound=torch.nn.Module)
+
+#: the type of every stage's ``amp`` setting: ``true`` (bf16 autocast on CUDA, float32
+#: elsewhere: the default), ``false`` (float32 everywhere) or ``bf16`` (bf16 autocast on CUDA
+#: and on the CPU too)
+Amp = bool | Literal["bf16"]
+AMP_VALUES = "true (bf16 on CUDA only), false (float32 everywhere), bf16 (bf16 on CUDA and CPU)"
+
+
+def amp_dtype(device: torch.device, amp: Amp) -> torch.dtype | None:
+    """The autocast dtype a stage with setting ``amp`` computes in on ``device`` (None:
+    float32). ``True`` means bf16 on CUDA only, because a CPU's float32 results are the
+    reproducible reference; ``"bf16"`` extends it to the CPU, where bf16 matrix units make
+    training about 1.4-1.75x faster (docs/performance.md)."""
+    if amp is True and device.type == "cuda":
+        return torch.bfloat16
+    if amp == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, amp: Amp = True):
+    """The mixed-precision context of a forward on ``device`` under setting ``amp``
+    (:func:`amp_dtype`): ``torch.autocast`` in bf16, or a no-op context."""
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
