@@ -107,7 +107,7 @@ def test_translation_bf16_on_cpu_acts_and_stays_close():
 def test_pipeline_amp_reaches_every_stage_and_refuses_a_conflict():
     cfg = fill_config(load_pipeline_config(None, ["amp=bf16"]))
     assert (cfg.source_only.amp, cfg.ddpm.amp, cfg.ptl.amp, cfg.ptl.guidance.amp) == ("bf16",) * 4
-    cfg = fill_config(load_pipeline_config(None, []))  # not given: the stages keep theirs
+    cfg = fill_config(load_pipeline_config(None, ["amp=null"]))  # none: the stages keep theirs
     assert cfg.amp is None and cfg.source_only.amp is True and cfg.ptl.guidance.amp is True
     with pytest.raises(ConfigError, match="ddpm.amp is set by the pipeline from `amp`"):
         fill_config(load_pipeline_config(None, ["amp=bf16", "ddpm.amp=false"]))

@@ -94,9 +94,10 @@ __all__ = [
 IGNORE_INDEX = 255
 Reduction = Literal["image_mean", "mean", "sum"]
 REDUCTIONS = ("sum", "image_mean", "mean")
-#: the classifier scale used when none is given (reduction ``sum``): the value
-#: ``diffdass calibrate-guidance`` chose on the built-in benchmark (docs/translation.md)
-DEFAULT_SCALE = 0.08
+#: the classifier scale used when none is given (reduction ``sum``, input ``x0``, smoothing
+#: 0.025): the value ``diffdass calibrate-guidance`` chose on the built-in benchmark (seeds 0
+#: and 2; 0.08 on seed 1; docs/translation.md)
+DEFAULT_SCALE = 0.113
 
 
 class GuidanceFn(Protocol):
