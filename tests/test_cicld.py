@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.conftest import write_folder_dataset
 
 from diffdass.adaptation.cicld import (
@@ -487,3 +488,26 @@ def test_autoencoder_step_uses_the_perceptual_term(tmp_path):
     assert "lpips" not in stats["l1"] and stats["lpips"]["lpips"] > 0
     # same seed, same network: the reported reconstruction loss is L1 + 1.0 * LPIPS
     assert stats["lpips"]["rec"] == pytest.approx(stats["l1"]["rec"] + stats["lpips"]["lpips"])
+
+
+# ------------------------------------------------------------------ the noise probe
+def _probe_net(path: str) -> CICLDSegmenter:
+    """A tiny net whose decoder reads only the inter-coder features (``skips``) or only the
+    latent (``latent``): 4 classes, logits taken from the first 4 channels."""
+    net = tiny_net()
+    if path == "skips":
+        net.decode_logits = lambda z, skips: skips[0][:, :4]
+    else:
+        net.decode_logits = lambda z, skips: F.interpolate(z[:, :4], scale_factor=2)
+    return CICLDSegmenter(net, t_start=200, steps=2, condition="none")
+
+
+def test_noise_probe_is_zero_when_the_latent_is_ignored_and_large_when_it_is_the_path():
+    from diffdass.evaluation.cicld_probe import noise_probe
+
+    g = torch.Generator().manual_seed(0)
+    ds = [{"image": torch.rand(3, 32, 32, generator=g) * 2 - 1} for _ in range(3)]
+    assert noise_probe(_probe_net("skips"), ds) == 0.0
+    share = noise_probe(_probe_net("latent"), ds)
+    assert 0.5 < share <= 1.0, share  # about 1 - 1/4 for a latent unrelated to the noise
+    assert noise_probe(_probe_net("latent"), ds, n=1) == noise_probe(_probe_net("latent"), ds[:1])

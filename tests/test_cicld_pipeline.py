@@ -154,8 +154,15 @@ def test_cicld_pipeline_end_to_end(cicld_run):
     for label, name in (("EMA student", "cicld"), ("DACS baseline", "dacs")):
         line = next(ln for ln in lines if label in ln)
         assert line.endswith(f" {summary['miou'][name]:5.1f}"), line
-    for needle in ("CICLD - DACS: ", "CICLD - AdaBN: ", "DACS - AdaBN: "):
+    for needle in ("CICLD - DACS: ", "CICLD - AdaBN: ", "DACS - AdaBN: ", "CICLD probes: "):
         assert needle in text, needle
+    # the probes of what the diffusion path carries, cached in their own folder
+    probes = json.loads((out / "cicld_probes" / "probes.json").read_text())
+    assert 0.0 <= summary["cicld_noise_probe"] == probes["cicld_noise_probe"] <= 1.0
+    cond = summary["cicld_condition_probe"]
+    assert cond == probes["cicld_condition_probe"] and 0.0 <= cond <= 1.0
+    assert probes["images"] > 0
+    assert "cicld_probes" in summary["seconds"]
     assert "g_N" not in text
 
 

@@ -1,7 +1,9 @@
-"""CICLD's inference variants and a probe of its label condition, on a trained network
-(``studies/cicld_inference.py`` prints them for checkpoints): ``predict`` (the ``self``,
-``none`` and ground-truth ``label`` conditions), ``score`` (mIoU of one variant) and
-``probe_condition`` (how far the ground-truth condition moves logits and the middle block)."""
+"""CICLD's inference variants and probes of what its diffusion path carries, on a trained
+network (``studies/cicld_inference.py`` prints them for checkpoints; every CICLD run writes
+the two shares into ``summary.json``): ``predict`` (the ``self``, ``none`` and ground-truth
+``label`` conditions), ``score`` (mIoU of one variant), ``probe_condition`` (how far the
+ground-truth condition moves logits and the middle block) and ``noise_probe`` (the share of
+pixels whose class changes when the denoised latent is replaced by noise)."""
 
 from __future__ import annotations
 
@@ -83,3 +85,29 @@ def probe_condition(net, ds, n: int, t_start: int, steps: int) -> dict:
         "mid_norm_c": c,
         "mid_norm_delta": d,
     }
+
+
+@torch.no_grad()
+def noise_probe(seg: CICLDSegmenter, ds, n: int | None = None, seed: int = 0) -> float:
+    """The share of pixels (over the first ``n`` images of ``ds``; all when ``None``) whose
+    predicted class changes when the denoised latent that the decoder receives is replaced by
+    ``N(0, I)`` noise of its shape; the decoder keeps its inter-coder features.
+
+    0 means the segmentation does not go through the diffusion path at all (the inter-coder
+    features alone decide it); a model whose only path is the latent gets about ``1 - 1/K``
+    for K evenly used classes. The noise of image ``i`` is seeded by ``seed + i``."""
+    net = seg.net
+    device = next(net.parameters()).device
+    changed = total = 0
+    count = len(ds) if n is None else min(n, len(ds))
+    for i in range(count):
+        x = ds[i]["image"][None].to(device)
+        ref = seg(x).argmax(1)
+        post, skips = net.encode(x)
+        z0 = post.mode()
+        gen = torch.Generator().manual_seed(seed + i)
+        z = torch.randn(z0.shape, generator=gen, dtype=z0.dtype).to(device)
+        probe = net.decode_logits(z, skips).argmax(1)
+        changed += int((probe != ref).sum())
+        total += ref.numel()
+    return changed / max(total, 1)

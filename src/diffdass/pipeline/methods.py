@@ -25,7 +25,12 @@ from diffdass.adaptation.ptl import run_ptl
 from diffdass.adaptation.seg_training import train_segmenter
 from diffdass.pipeline.config import PipelineConfig
 from diffdass.pipeline.guidance import calibrate, judge_config, needs_calibration, resolved_ptl
-from diffdass.pipeline.scoring import adabn_baseline, evaluate_checkpoint, evaluate_stage
+from diffdass.pipeline.scoring import (
+    adabn_baseline,
+    cicld_probes,
+    evaluate_checkpoint,
+    evaluate_stage,
+)
 
 
 @dataclass
@@ -124,7 +129,9 @@ def _ptl_adabn(ctx: Context) -> dict | None:
 
 def _cicld(ctx: Context) -> dict:
     ctx.stage("cicld", lambda: train_cicld(ctx.cfg.cicld, ctx.out / "cicld", ctx.progress))
-    return ctx.stage("eval_cicld", lambda: evaluate_stage(ctx.cfg, ctx.out, "cicld"))
+    res = ctx.stage("eval_cicld", lambda: evaluate_stage(ctx.cfg, ctx.out, "cicld"))
+    ctx.extras["cicld_probes"] = ctx.stage("cicld_probes", lambda: cicld_probes(ctx.cfg, ctx.out))
+    return res
 
 
 def _dacs(ctx: Context) -> dict:

@@ -109,3 +109,36 @@ def evaluate_stage(cfg: PipelineConfig, out: Path, name: str) -> dict:
     """Score stage ``name``'s final checkpoint on target val into ``out/<name>/eval``."""
     ckpt = out / name / "checkpoints" / "final.safetensors"
     return evaluate_checkpoint(ckpt, cfg.val, cfg.evaluation, out / name / "eval", cfg.device)
+
+
+#: target-val images the CICLD probes read (the first ones of the split)
+PROBE_IMAGES = 100
+
+
+def cicld_probes(cfg: PipelineConfig, out: Path) -> dict:
+    """The two shares that say what CICLD's diffusion path carries, measured on the first
+    :data:`PROBE_IMAGES` labeled target images and cached in ``out/cicld_probes/probes.json``:
+    ``cicld_noise_probe`` (pixels whose class changes when the denoised latent is replaced by
+    noise) and ``cicld_condition_probe`` (pixels whose class changes when the ground-truth
+    label conditions the denoiser instead of no condition; ``None`` without conditioning).
+    The labels only feed the probe; no model or setting is chosen by it."""
+    from diffdass.adaptation.cicld import load_cicld
+    from diffdass.data.scan import scan_split
+    from diffdass.evaluation.cicld_probe import noise_probe, probe_condition
+    from diffdass.utils.device import resolve_device
+
+    ckpt = out / "cicld" / "checkpoints" / "final.safetensors"
+    path = out / "cicld_probes" / "probes.json"
+    if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
+        return read_json(path)
+    seg, meta = load_cicld(ckpt, resolve_device(cfg.device))
+    ds = scan_split(cfg.val.root, cfg.val.split, "required").dataset()
+    cond = probe_condition(seg.net, ds, PROBE_IMAGES, seg.t_start, seg.steps)
+    res = {
+        "cicld_noise_probe": noise_probe(seg, ds, PROBE_IMAGES),
+        "cicld_condition_probe": cond["argmax_changed_pct"] / 100 if cond else None,
+        "images": min(PROBE_IMAGES, len(ds)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, res)
+    return res

@@ -174,6 +174,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
         **({"stage_metrics": stage_res} if stage_res else {}),
         **({"calibration": calibration_summary(calib)} if calib else {}),
         **({"oracle_per_class_iou": oracle_res["per_class_iou"]} if oracle_res else {}),
+        **{k: v for k, v in ctx.extras.get("cicld_probes", {}).items() if k != "images"},
     }
     summary_path = out / "summary.json"
     write_json(summary_path, summary)

@@ -100,6 +100,17 @@ def summary_lines(summary: dict) -> list[str]:
             f"  CICLD - DACS: {d:+.1f} (the diffusion segmenter against the same self-training"
             " without diffusion)"
         )
+    if summary.get("cicld_noise_probe") is not None:
+        cond = summary.get("cicld_condition_probe")
+        lines.append(
+            f"  CICLD probes: {100 * summary['cicld_noise_probe']:.0f}% of pixels change when the"
+            " denoised latent is replaced by noise"
+            + (
+                f", {100 * cond:.1f}% when the ground-truth label conditions the denoiser"
+                if cond is not None
+                else ""
+            )
+        )
     cal = summary.get("calibration")
     if cal:
         shares = ", ".join(
