@@ -511,3 +511,56 @@ def test_noise_probe_is_zero_when_the_latent_is_ignored_and_large_when_it_is_the
     share = noise_probe(_probe_net("latent"), ds)
     assert 0.5 < share <= 1.0, share  # about 1 - 1/4 for a latent unrelated to the noise
     assert noise_probe(_probe_net("latent"), ds, n=1) == noise_probe(_probe_net("latent"), ds[:1])
+
+
+# ------------------------------------------------------------------ confidence weighting
+def test_mix_weights_and_weighted_loss():
+    from diffdass.adaptation.mixing import mix_weights, weighted_segmentation_loss
+
+    conf = torch.tensor([[[0.99, 0.5], [0.97, 0.2]], [[0.1, 0.1], [0.1, 0.99]]])
+    mask = torch.tensor([[[True, False], [False, False]], [[False, False], [False, False]]])
+    w = mix_weights(conf, mask, 0.968)
+    # image 0: 2 of 4 pixels confident -> 0.5 on target pixels, 1 on the pasted one
+    assert torch.equal(w[0], torch.tensor([[1.0, 0.5], [0.5, 0.5]]))
+    assert torch.equal(w[1], torch.full((2, 2), 0.25))
+    warm = mix_weights(conf, mask, 0.968, use_target=False)
+    assert torch.equal(warm, mask.float())
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, K, 4, 4, generator=g)
+    labels = torch.randint(0, K, (2, 8, 8), generator=g)
+    labels[0, 0] = 255
+    ones = torch.ones(2, 8, 8)
+    torch.testing.assert_close(
+        weighted_segmentation_loss(logits, labels, ones), segmentation_loss(logits, labels)
+    )
+    assert weighted_segmentation_loss(logits, labels, ones * 0).item() == 0.0
+    half = weighted_segmentation_loss(logits, labels, ones * 0.5)
+    torch.testing.assert_close(half, 0.5 * segmentation_loss(logits, labels))
+
+
+def _cls_after_one_adapt_step(**over) -> float:
+    cfg = _cfg("unused", "unused", ae_iterations=0, ldm_iterations=0, **over)
+    torch.manual_seed(0)
+    trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y = torch.randint(0, K, (2, 32, 32), generator=g)
+    return trainer.step(0, {"image": x, "label": y}, {"image": -x, "label": y})["cls"]
+
+
+def test_cicld_confidence_weighting_and_warmup_change_the_mixed_loss():
+    plain = _cls_after_one_adapt_step()
+    # every pixel reaches confidence 0: DACS's weights are all 1, the plain loss
+    assert _cls_after_one_adapt_step(pseudo_weight="dacs", pseudo_weight_threshold=0.0) == (
+        pytest.approx(plain, rel=1e-5)
+    )
+    # the untrained EMA model is never fully confident: target pixels weigh 0, as in warm-up
+    none_conf = _cls_after_one_adapt_step(pseudo_weight="dacs", pseudo_weight_threshold=1.0)
+    warm = _cls_after_one_adapt_step(pseudo_warmup=5)
+    assert none_conf == pytest.approx(warm, rel=1e-6) and warm < plain
+    # no warm-up: the plain loss
+    assert _cls_after_one_adapt_step(pseudo_warmup=0) == plain
+    with pytest.raises(ConfigError, match="pseudo_weight"):
+        _cfg("unused", "unused", pseudo_weight="soft").validate()
+    with pytest.raises(ConfigError, match="pseudo_warmup"):
+        _cfg("unused", "unused", pseudo_warmup=-1).validate()

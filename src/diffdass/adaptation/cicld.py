@@ -43,11 +43,13 @@ from torch import Tensor, nn
 from diffdass.adaptation.config import AugConfig
 from diffdass.adaptation.mixing import (
     classmix,
+    mix_weights,
     pixel_jitter,
     pseudo_labels,
     scan_domain_pair,
     segmentation_loss,
     stream_loader,
+    weighted_segmentation_loss,
 )
 from diffdass.adaptation.seg_training import step_seed
 from diffdass.data.folder import DomainSpec
@@ -107,6 +109,14 @@ class CICLDConfig:
     cond_drop_prob: float = 0.5
     target_condition: str = "pseudo"  # L_Dif on target latents: EMA pseudo-label | none
     pseudo_threshold: float = 0.0  # pseudo-labels below this confidence -> ignore
+    # DACS's confidence weighting of the mixed image's loss (option beyond the paper): "dacs"
+    # weighs the target's pixels by the share of that image's pixels whose pseudo-label
+    # confidence reaches pseudo_weight_threshold (source pixels: 1); "none": all 1
+    pseudo_weight: str = "none"
+    pseudo_weight_threshold: float = 0.968  # DACS's value
+    # adaptation iterations during which the mixed image's target pixels carry no loss (the
+    # EMA model's early pseudo-labels come from an untrained head); 0: none
+    pseudo_warmup: int = 0
     mix_jitter: float = 0.1  # brightness/contrast jitter of the mixed image (0: off)
     # adversarial loss (Eq. 8): 3class (paper) | 2class (ablation, fake-label CE) | none
     adv: str = "3class"
@@ -150,7 +160,11 @@ class CICLDConfig:
             raise ConfigError("infer_condition must be 'self' or 'none'")
         if self.target_condition not in ("pseudo", "none"):
             raise ConfigError("target_condition must be 'pseudo' or 'none'")
-        for name in ("cond_drop_prob", "pseudo_threshold"):
+        if self.pseudo_weight not in ("none", "dacs"):
+            raise ConfigError(f"pseudo_weight must be 'none' or 'dacs', got {self.pseudo_weight!r}")
+        if self.pseudo_warmup < 0:
+            raise ConfigError(f"pseudo_warmup must be >= 0, got {self.pseudo_warmup}")
+        for name in ("cond_drop_prob", "pseudo_threshold", "pseudo_weight_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1]")
         if self.adv not in ADV_MODES:
@@ -384,7 +398,7 @@ class CICLDTrainer:
             logits_t = self.student(step_seed(c.seed, it, 3))(x_t)
         y_t, conf = pseudo_labels(logits_t, c.pseudo_threshold)
         # (b) ClassMix + pixel augmentation of the mixed image
-        x_mix, y_mix, _ = classmix(x_s, y_s, x_t, y_t, gen)
+        x_mix, y_mix, mask = classmix(x_s, y_s, x_t, y_t, gen)
         x_mix = pixel_jitter(x_mix, c.mix_jitter, gen)
         # (c) one forward of source, mixed and target; only source and mixed are decoded
         x_all = torch.cat([x_s, x_mix, x_t])
@@ -402,7 +416,14 @@ class CICLDTrainer:
             cond_keep=keep.to(self.device),
         )
         # (d) Eq. 7 + Eq. 6 + encoder side of Eq. 8
-        l_cls = segmentation_loss(out.logits[:b], y_s) + segmentation_loss(out.logits[b:], y_mix)
+        warm = self.cfg.phase(it)[1] < c.pseudo_warmup
+        if c.pseudo_weight == "dacs" or warm:
+            thr = c.pseudo_weight_threshold if c.pseudo_weight == "dacs" else 0.0
+            w = mix_weights(conf, mask, thr, use_target=not warm)
+            l_mix = weighted_segmentation_loss(out.logits[b:], y_mix, w)
+        else:
+            l_mix = segmentation_loss(out.logits[b:], y_mix)
+        l_cls = segmentation_loss(out.logits[:b], y_s) + l_mix
         tokens = out.tokens
         l_dif = net.schedule.training_loss(
             lambda zt, t: net.eps(zt, t, tokens), out.z0.detach(), gen

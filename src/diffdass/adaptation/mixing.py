@@ -1,10 +1,12 @@
 """The self-training tools shared by CICLD and the DACS baseline: ClassMix, pseudo-labels,
-ClassMix's pixel jitter, the segmentation loss that tolerates all-ignored batches, and the
-seeded source/target streams."""
+DACS's confidence weights of a mixed image, ClassMix's pixel jitter, the segmentation loss
+that tolerates all-ignored batches (plain and weighted), and the seeded source/target
+streams."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from diffdass.adaptation.seg_training import ce_loss
@@ -45,6 +47,30 @@ def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
     if not bool((labels != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
     return ce_loss(logits, labels, IGNORE_INDEX)
+
+
+def mix_weights(conf: Tensor, mask: Tensor, threshold: float, use_target: bool = True) -> Tensor:
+    """DACS's pixel weights of a ClassMix image (Tranheden et al. 2021): 1 on the pixels pasted
+    from the source (``mask``), and on the target's pixels the share of that target image's
+    pixels whose pseudo-label confidence ``conf`` (B, H, W) reaches ``threshold``.
+    ``use_target=False`` (a warm-up) gives the target's pixels weight 0."""
+    q = (conf >= threshold).float().mean(dim=(1, 2), keepdim=True)
+    if not use_target:
+        q = torch.zeros_like(q)
+    return torch.where(mask, torch.ones_like(conf), q.expand_as(conf))
+
+
+def weighted_segmentation_loss(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """Pixel cross-entropy (ignore 255; logits upsampled bilinearly to the label size), each
+    pixel's term times ``weights`` (B, H, W), divided by the number of labelled pixels: equal to
+    :func:`segmentation_loss` when every weight is 1."""
+    valid = labels != IGNORE_INDEX
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return (ce * weights.to(ce.dtype))[valid].sum() / valid.sum()
 
 
 def pixel_jitter(x: Tensor, strength: float, generator: torch.Generator) -> Tensor:
