@@ -330,6 +330,11 @@ def test_ablation_table_mean_std_and_paired_difference():
 
     assert sweep_plot(results)[:4] == b"\x89PNG"
     assert sweep_plot({"0": {FULL: 1.0}}) is None  # no sweep rows, no figure
+    # rows with target BatchNorm statistics on top are not points of the sweep
+    on_top = {"0": {"sweep_lambda: lambda = 0.02 + AdaBN on top": 1.0}}
+    assert sweep_plot(on_top) is None
+    both = {"0": {"sweep_lambda: lambda = 0.02": 2.0, **on_top["0"]}}
+    assert sweep_plot(both)[:4] == b"\x89PNG"
 
 
 def test_option_rows_are_valid_and_distinct(tmp_path):

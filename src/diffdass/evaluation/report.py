@@ -80,9 +80,13 @@ def sweep_plot(results: dict, key: str = "19") -> bytes | None:
     for res in results.values():
         for label, v in res.items():
             group, _, name = label.partition(": ")
-            if group in panels and "=" in name:
+            if group not in panels or "=" not in name:
+                continue
+            try:  # "lambda = 0.02 + AdaBN on top" and other variants are not plotted
                 x = float(name.split("=", 1)[1])
-                panels[group][1].setdefault(x, []).append(float(v))
+            except ValueError:
+                continue
+            panels[group][1].setdefault(x, []).append(float(v))
     panels = {g: p for g, p in panels.items() if p[1]}
     if not panels:
         return None
