@@ -43,12 +43,13 @@ from diffdass.diffusion.sampler import as_eps_fn, reverse, toolkit_options
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.ema import EMA
 from diffdass.models.unet import build_unet
-from diffdass.training import Hook, TrainLoop, autocast, first_last
+from diffdass.training import Hook, TrainLoop, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import (
     Amp,
+    autocast,
     channels_last,
     configure_backends,
     loader_options,

@@ -131,7 +131,7 @@ def cicld_probes(cfg: PipelineConfig, out: Path) -> dict:
     path = out / "cicld_probes" / "probes.json"
     if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
         return read_json(path)
-    seg, meta = load_cicld(ckpt, resolve_device(cfg.device))
+    seg, _ = load_cicld(ckpt, resolve_device(cfg.device))
     ds = scan_split(cfg.val.root, cfg.val.split, "required").dataset()
     cond = probe_condition(seg.net, ds, PROBE_IMAGES, seg.t_start, seg.steps)
     res = {

@@ -15,8 +15,8 @@ A stage describes *what* a step does; :class:`TrainLoop` does the rest, the same
 - **several processes**: every process runs the steps (the stage's ``step`` shards its batch),
   only the main process writes checkpoints, history and hook output; a stage that does not
   shard its step says ``distributed=False`` and is refused under ``accelerate launch``;
-- **mixed precision**: :func:`autocast` gives the bf16 context a step uses (CUDA; also the
-  CPU with ``amp: bf16``).
+- **mixed precision**: a step takes its bf16 context from
+  :func:`diffdass.utils.device.autocast` (CUDA; also the CPU with ``amp: bf16``).
 
 Reproducibility is the stage's: its ``step(it, batch)`` must depend only on ``(seed, it)``
 and the weights, and ``batches(start)`` must yield the batches of steps ``start..total-1``
@@ -32,22 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from diffdass.utils import distributed as dist
 from diffdass.utils.config import ConfigError
-from diffdass.utils.device import Amp
-from diffdass.utils.device import autocast as device_autocast
 from diffdass.utils.io import read_json, write_json
 from diffdass.utils.progress import Progress
 from diffdass.utils.run import RunDir
-
-
-def autocast(device: torch.device, amp: Amp = True):
-    """The bf16 context of a step under a stage's ``amp`` setting
-    (:func:`diffdass.utils.device.autocast`: CUDA only for ``True``, also the CPU for
-    ``"bf16"``, none for ``False``)."""
-    return device_autocast(device, amp)
 
 
 class Hook:

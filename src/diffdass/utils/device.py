@@ -19,14 +19,13 @@ M = TypeVar("M", bound=torch.nn.Module)
 #: elsewhere: the default), ``false`` (float32 everywhere) or ``bf16`` (bf16 autocast on CUDA
 #: and on the CPU too)
 Amp = bool | Literal["bf16"]
-AMP_VALUES = "true (bf16 on CUDA only), false (float32 everywhere), bf16 (bf16 on CUDA and CPU)"
 
 
 def amp_dtype(device: torch.device, amp: Amp) -> torch.dtype | None:
     """The autocast dtype a stage with setting ``amp`` computes in on ``device`` (None:
     float32). ``True`` means bf16 on CUDA only, because a CPU's float32 results are the
     reproducible reference; ``"bf16"`` extends it to the CPU, where bf16 matrix units make
-    training about 1.4-1.75x faster (docs/performance.md)."""
+    training and translation about 1.4-1.7x faster (docs/performance.md)."""
     if amp is True and device.type == "cuda":
         return torch.bfloat16
     if amp == "bf16" and device.type in ("cuda", "cpu"):
