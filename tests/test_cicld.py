@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from diffdass.adaptation.cicld import (
     train_cicld,
 )
 from diffdass.adaptation.mixing import classmix, segmentation_loss
+from diffdass.adaptation.seg_training import step_seed
 from diffdass.data.folder import DomainSpec
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.cicld import (
@@ -47,6 +49,8 @@ def tiny_model(**over) -> CICLDModelConfig:
         unet_channels=[16, 16],
         unet_layers_per_block=1,
         unet_attention=False,
+        ae_layers_per_block=1,
+        ae_mid_attention=False,
         norm_groups=4,
         mask_width=8,
         cls_hidden=8,
@@ -64,45 +68,110 @@ def tiny_net(seed: int = 0, **over) -> CICLDNet:
 
 
 # ------------------------------------------------------------------ networks
-@pytest.mark.parametrize("inter_coder", [True, False])
-def test_shapes_through_encoder_unet_decoder(inter_coder):
-    net = tiny_net(inter_coder=inter_coder)
+@pytest.mark.parametrize("levels", ["fine", "all", "none"])
+def test_shapes_through_encoder_unet_decoder(levels):
+    over = {"inter_coder": False} if levels == "none" else {"inter_coder_levels": levels}
+    net = tiny_net(**over)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        post, skips = net.encode(x)
-        assert post.mean.shape == (2, 4, 16, 16) and post.var.shape == (2, 4, 16, 16)
-        assert [tuple(s.shape) for s in skips] == [(2, 8, 32, 32), (2, 16, 16, 16)]
-        eps = net.eps(post.mode(), torch.tensor([10, 500]), None)
+        enc = net.encode(x)
+        assert enc.post.mean.shape == (2, 4, 16, 16) and enc.z0.shape == (2, 4, 16, 16)
+        shapes = [None if s is None else tuple(s.shape) for s in enc.skips]
+        expect = {
+            "fine": [(2, 8, 32, 32), None],  # 2 levels: only 1/1 (never the latent's 1/2)
+            "all": [(2, 8, 32, 32), (2, 16, 16, 16)],
+            "none": [None, None],
+        }[levels]
+        assert shapes == expect
+        eps = net.eps(enc.z0, torch.tensor([10, 500]), None)
         assert eps.shape == (2, 4, 16, 16)
-        feats = net.decoder(post.mode(), skips)
-        assert feats.shape == (2, 8, 32, 32)
-        assert net.decoder.reconstruct(post.mode(), skips).shape == (2, 3, 32, 32)
+        assert net.autoencoder.features(enc.post.mode(), enc.skips).shape == (2, 8, 32, 32)
+        assert net.autoencoder.reconstruct(enc.post.mode(), enc.skips).shape == (2, 3, 32, 32)
         y = torch.randint(0, K, (2, 32, 32))
         out = net(x, y, t_start=200, steps=2, generator=torch.Generator().manual_seed(0))
     assert out.logits.shape == (2, K, 32, 32)
     assert len(out.trajectory) == 2 and out.trajectory[-1].shape == (2, 4, 16, 16)
-    assert out.tokens.shape == (2, 8 * 8, 16)  # one token per middle-block position (8x8)
-    # the skips reach D only with the inter-coder connection
+    assert out.cond.shape == (2, 16, 16, 16)  # concat: a label embedding at the latent's size
+
+
+def test_inter_coder_levels_carry_the_encoder_features_after_training_starts():
+    """A fused level starts as the identity on D's feature (a pretrained decoder decodes as
+    before) and passes E's feature once its weights move; unconnected levels never do."""
+    for spec, connected in (("0", [0]), ("1", [1]), ("all", [0, 1]), ("fine", [0])):
+        net = tiny_net(inter_coder_levels=spec)
+        assert net.autoencoder.levels == connected
+        x = torch.rand(1, 3, 32, 32) * 2 - 1
+        with torch.no_grad():
+            enc = net.encode(x)
+            bumped = copy.copy(enc)
+            bumped.skips = [None if s is None else s + 1.0 for s in enc.skips]
+            z = enc.z0
+            # zero-initialised fusion: E's features do not reach D yet
+            assert torch.equal(net.decode_logits(z, bumped), net.decode_logits(z, enc))
+            for f in net.autoencoder.fusions.values():
+                f.conv.weight.add_(0.1)
+            moved = net.decode_logits(z, bumped)
+            assert not torch.allclose(moved, net.decode_logits(z, enc))
+    with pytest.raises(ValueError, match="inter_coder_levels"):
+        tiny_net(inter_coder_levels="0,5")
+
+
+def test_latent_normalisation_bounds_the_latent_and_decodes_in_autoencoder_units():
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    net = tiny_net()  # latent_norm "sample"
     with torch.no_grad():
-        other = [s + 1.0 for s in skips]
-        changed = not torch.allclose(
-            net.decode_logits(post.mode(), skips), net.decode_logits(post.mode(), other)
-        )
-    assert changed == inter_coder
-
-
-def test_decoder_without_inter_coder_is_narrower():
-    n_with = sum(p.numel() for p in tiny_net(inter_coder=True).decoder.parameters())
-    n_without = sum(p.numel() for p in tiny_net(inter_coder=False).decoder.parameters())
-    assert n_without < n_with
-    # the first conv of every decoder level sees the concatenated E feature (8 or 16 wide)
-    d = tiny_net(inter_coder=True).decoder
-    assert [b.conv1.in_channels for b in d.blocks] == [16 + 16, 8 + 8]
+        for p in net.autoencoder.vae.quant_conv.parameters():
+            p.mul_(50.0)  # an inflated latent
+        enc = net.encode(x)
+    rms = enc.z0.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(rms, torch.ones(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(enc.z0 / enc.factor, enc.post.mode())
+    # "scale": LDM's factor, estimated once from posterior samples, then fixed
+    net = tiny_net(latent_norm="scale")
+    with pytest.raises(RuntimeError, match="set_latent_scale"):
+        net.encode(x)
+    with torch.no_grad():
+        s = net.set_latent_scale(x, torch.Generator().manual_seed(0))
+        z = net.autoencoder.encode(x)[0].sample(torch.Generator().manual_seed(0))
+        assert s == pytest.approx(1.0 / float(z.std()), rel=1e-5)
+        enc = net.encode(x)
+    torch.testing.assert_close(enc.z0, enc.post.mode() * s)
+    assert "latent_scale" in net.state_dict()  # saved with the checkpoint
+    none = tiny_net(latent_norm="none")
+    with torch.no_grad():
+        enc = none.encode(x)
+    assert torch.equal(enc.z0, enc.post.mode())
 
 
 def test_image_size_not_divisible_is_a_clear_error():
     with pytest.raises(ValueError, match="divisible by 4"):
         tiny_net().encode(torch.zeros(1, 3, 30, 32))
+
+
+def test_autoencoderkl_round_trip_through_a_local_pretrained_folder(tmp_path):
+    """A diffusers AutoencoderKL saved with save_pretrained loads as CICLD's autoencoder
+    (its architecture replaces the configured widths); a missing folder is a clear error."""
+    from diffusers import AutoencoderKL
+
+    from diffdass.models.cicld_autoencoder import autoencoder_config
+
+    torch.manual_seed(5)
+    vae = AutoencoderKL(**autoencoder_config([8, 16, 16], 4, 1, 4, False))
+    vae.save_pretrained(tmp_path / "kl")
+    net = tiny_net(pretrained=str(tmp_path / "kl"))  # tiny_model says [8, 16]: replaced
+    assert net.autoencoder.channels == [8, 16, 16] and net.total_downsample() == 8
+    for k, v in vae.state_dict().items():
+        assert torch.equal(net.autoencoder.vae.state_dict()[k], v), k
+    # the whole-pipeline layout (vae/ subfolder) works too, and so does the reconstruction
+    vae.save_pretrained(tmp_path / "sd" / "vae")
+    other = tiny_net(pretrained=str(tmp_path / "sd"))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        post, skips = other.autoencoder.encode(x)
+        ref = vae.decode(post.mode()).sample
+        torch.testing.assert_close(other.autoencoder.reconstruct(post.mode(), skips), ref)
+    with pytest.raises(FileNotFoundError, match="no diffusers AutoencoderKL"):
+        tiny_net(pretrained=str(tmp_path / "missing"))
 
 
 # ------------------------------------------------------------------ Eq. 5
@@ -122,27 +191,31 @@ def test_condition_eq5_formula_and_identity_at_zero():
     assert condition_features(o, None) is o
 
 
-def test_conditioning_changes_the_unet_output_and_is_identity_for_zero_tokens():
-    net = tiny_net()
+@pytest.mark.parametrize("mode", ["concat", "eq5"])
+def test_conditioning_changes_the_unet_output_and_is_identity_at_zero(mode):
+    net = tiny_net(condition_mode=mode)
     z = torch.randn(2, 4, 16, 16)
     t = torch.tensor([100, 100])
     y = torch.randint(0, K, (2, 32, 32))
     with torch.no_grad():
-        tokens = net.condition_tokens(y, z)
+        cond = net.condition(y, z)
+        shape = (2, 16, 16, 16) if mode == "concat" else (2, 8 * 8, 16)
+        assert cond.shape == shape  # concat: latent-sized map; eq5: a token per mid position
         plain = net.eps(z, t, None)
-        cond = net.eps(z, t, tokens)
-        zero = net.eps(z, t, torch.zeros_like(tokens))
-        dropped = net.eps(z, t, net.condition_tokens(y, z, keep=torch.tensor([1.0, 0.0])))
-    assert (cond - plain).abs().max() > 1e-4
+        conditioned = net.eps(z, t, cond)
+        zero = net.eps(z, t, torch.zeros_like(cond))
+        dropped = net.eps(z, t, net.condition(y, z, keep=torch.tensor([1.0, 0.0])))
+    assert (conditioned - plain).abs().max() > 1e-4
     assert torch.equal(zero, plain)
     assert torch.equal(dropped[1], plain[1]) and not torch.allclose(dropped[0], plain[0])
     # different labels give different conditions
     with torch.no_grad():
-        other = net.eps(z, t, net.condition_tokens((y + 1) % K, z))
-    assert (other - cond).abs().max() > 1e-5
-    # without the conditioning module there is no f_mask and no wrapped middle block
+        other = net.eps(z, t, net.condition((y + 1) % K, z))
+    assert (other - conditioned).abs().max() > 1e-5
+    # without the conditioning module there is no f_mask and no extra input
     bare = tiny_net(condition=False)
-    assert bare.mask_encoder is None and bare.condition_tokens(y, z) is None
+    assert bare.mask_encoder is None and bare.condition(y, z) is None
+    assert bare.denoiser.unet.conv_in.in_channels == 4
 
 
 def test_denoise_timesteps_and_segmenter_is_deterministic():
@@ -496,9 +569,9 @@ def _probe_net(path: str) -> CICLDSegmenter:
     latent (``latent``): 4 classes, logits taken from the first 4 channels."""
     net = tiny_net()
     if path == "skips":
-        net.decode_logits = lambda z, skips: skips[0][:, :4]
+        net.decode_logits = lambda z, enc, sel=None: enc.skips[0][:, :4]
     else:
-        net.decode_logits = lambda z, skips: F.interpolate(z[:, :4], scale_factor=2)
+        net.decode_logits = lambda z, enc, sel=None: F.interpolate(z[:, :4], scale_factor=2)
     return CICLDSegmenter(net, t_start=200, steps=2, condition="none")
 
 
@@ -564,3 +637,76 @@ def test_cicld_confidence_weighting_and_warmup_change_the_mixed_loss():
         _cfg("unused", "unused", pseudo_weight="soft").validate()
     with pytest.raises(ConfigError, match="pseudo_warmup"):
         _cfg("unused", "unused", pseudo_warmup=-1).validate()
+
+
+# ------------------------------------------------------------------ adversarial weight
+def _adapt_trainer(**over):
+    cfg = _cfg("unused", "unused", ae_iterations=0, ldm_iterations=0, **over)
+    torch.manual_seed(0)
+    trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y = torch.randint(0, K, (2, 32, 32), generator=g)
+    return trainer, {"image": x, "label": y}, {"image": -x, "label": y}
+
+
+def test_gradient_norm_weighting_sets_the_stated_fraction():
+    """w_adv makes the adversarial gradient on E's output layer adv_grad_fraction of
+    L_cls's, re-measured every adv_balance_every iterations and kept in between."""
+    trainer, bs, bt = _adapt_trainer(adv_grad_fraction=0.25, adv_balance_every=2)
+    net = trainer.net
+    w = net.autoencoder.vae.encoder.conv_out.weight
+    # the formula, on losses of a forward pass of the current net
+    out = net(torch.cat([bs["image"], bt["image"]]), generator=torch.Generator().manual_seed(0))
+    l_cls = segmentation_loss(out.logits, torch.cat([bs["label"], bt["label"]]))
+    l_adv = encoder_adversarial_loss(trainer.dis, [out.z0, *out.trajectory])
+    weight, ratio = trainer._balance_adv(l_cls, l_adv)
+    g_cls = torch.autograd.grad(l_cls, w, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(l_adv, w)[0].norm()
+    assert weight == pytest.approx(0.25 * float(g_cls / g_adv), rel=1e-4)
+    assert ratio == pytest.approx(float(g_adv / g_cls), rel=1e-4)
+    # in training: measured at adaptation iterations 0 and 2, kept at 1
+    s0 = trainer.step(0, bs, bt)
+    s1 = trainer.step(1, bs, bt)
+    s2 = trainer.step(2, bs, bt)
+    assert math.isfinite(s0["adv_grad_ratio"]) and s0["w_adv"] == pytest.approx(
+        0.25 / s0["adv_grad_ratio"]
+    )
+    assert math.isnan(s1["adv_grad_ratio"]) and s1["w_adv"] == s0["w_adv"]
+    assert s2["w_adv"] != s0["w_adv"]
+    # the fixed weight is used when the fraction is 0
+    fixed, bs, bt = _adapt_trainer(adv_grad_fraction=0.0, w_adv=0.03)
+    assert fixed.step(0, bs, bt)["w_adv"] == 0.03
+
+
+def test_source_condition_prediction_conditions_on_the_ema_models_prediction(monkeypatch):
+    """With source_condition "prediction" the source image's condition is the EMA model's
+    arg-max, not the label; with "label" it is the label."""
+    seen = {}
+    for mode in ("prediction", "label"):
+        trainer, bs, bt = _adapt_trainer(source_condition=mode, cond_drop_prob=0.0)
+        orig = trainer.net.condition
+
+        def spy(labels, z, keep=None, _orig=orig, _mode=mode):
+            seen.setdefault(_mode, labels[:2].clone())
+            return _orig(labels, z, keep)
+
+        monkeypatch.setattr(trainer.net, "condition", spy)
+        with torch.no_grad():
+            pred = trainer.student(step_seed(trainer.cfg.seed, 0, 3))(
+                torch.cat([bs["image"], bt["image"]])
+            )[:2].argmax(1)
+        trainer.step(0, bs, bt)
+        expect = pred if mode == "prediction" else bs["label"]
+        assert torch.equal(seen[mode], expect), mode
+    assert not torch.equal(seen["prediction"], seen["label"])
+
+
+def test_scale_normalisation_is_estimated_once_after_the_autoencoder_phase():
+    trainer, bs, bt = _adapt_trainer(model=tiny_model(latent_norm="scale"))
+    assert float(trainer.net.latent_scale) == 0.0
+    trainer.step(0, bs, bt)
+    s = float(trainer.net.latent_scale)
+    assert s > 0 and float(trainer.ema_net.latent_scale) == s
+    trainer.step(1, bs, bt)
+    assert float(trainer.net.latent_scale) == s  # fixed from then on

@@ -108,6 +108,10 @@ class CICLDConfig:
     infer_condition: str = "self"
     cond_drop_prob: float = 0.5
     target_condition: str = "pseudo"  # L_Dif on target latents: EMA pseudo-label | none
+    # what conditions the source and mixed images during adaptation: "prediction" (the EMA
+    # model's own prediction, mixed like the images, so that training sees the kind of
+    # condition inference gives) | "label" (the ground truth, the paper's y^s and y^{s+t})
+    source_condition: str = "prediction"
     pseudo_threshold: float = 0.0  # pseudo-labels below this confidence -> ignore
     # DACS's confidence weighting of the mixed image's loss (option beyond the paper): "dacs"
     # weighs the target's pixels by the share of that image's pixels whose pseudo-label
@@ -123,7 +127,15 @@ class CICLDConfig:
     adv_latents: str = "all"  # encoder z_0 | denoising trajectory | all (choice)
     w_cls: float = 1.0
     w_dif: float = 1.0
-    w_adv: float = 0.01  # choice (the paper gives no weight)
+    w_adv: float = 0.01  # fixed weight, used when adv_grad_fraction is 0
+    # w_adv from gradient norms (choice; the paper gives no weight): every adv_balance_every
+    # adaptation iterations, w_adv = adv_grad_fraction * |grad L_cls| / |grad L_adv|, both
+    # gradients taken on the encoder's output layer (what the adversarial term trains)
+    adv_grad_fraction: float = 0.1
+    adv_balance_every: int = 10
+    # KL(q(z|x) || N(0, I)) weight during adaptation (with latent_norm "scale" or "none" it
+    # keeps the encoder from inflating the latent; "sample" normalisation bounds it anyway)
+    adapt_kl_weight: float = 0.0
     # stage-1 autoencoder: LDM's KL-f8 recipe; its LPIPS term only with local VGG-16 weights
     ae_kl_weight: float = 1e-6
     ae_adv_weight: float = 0.5
@@ -160,6 +172,16 @@ class CICLDConfig:
             raise ConfigError("infer_condition must be 'self' or 'none'")
         if self.target_condition not in ("pseudo", "none"):
             raise ConfigError("target_condition must be 'pseudo' or 'none'")
+        if self.source_condition not in ("prediction", "label"):
+            raise ConfigError("source_condition must be 'prediction' or 'label'")
+        if self.adv_grad_fraction < 0 or self.adv_balance_every < 1 or self.adapt_kl_weight < 0:
+            raise ConfigError(
+                "adv_grad_fraction and adapt_kl_weight must be >= 0, adv_balance_every >= 1"
+            )
+        try:
+            self.model.validate()
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"cicld.model: {exc}") from exc
         if self.pseudo_weight not in ("none", "dacs"):
             raise ConfigError(f"pseudo_weight must be 'none' or 'dacs', got {self.pseudo_weight!r}")
         if self.pseudo_warmup < 0:
@@ -294,6 +316,7 @@ class CICLDTrainer:
             self.perceptual = build_perceptual(cfg.ae_perceptual_weights, cfg.ae_perceptual_lin).to(
                 device
             )
+        self.adv_weight = float(cfg.w_adv)  # re-measured with adv_grad_fraction > 0
         self.ema = EMA(self.net, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
         self.ema_net = self.ema.module_copy(self.net).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(
@@ -344,6 +367,8 @@ class CICLDTrainer:
         x_s = batch_s["image"].to(self.device)
         y_s = batch_s["label"].to(self.device)
         x_t = batch_t["image"].to(self.device)
+        if phase != "ae" and self.cfg.model.latent_norm == "scale":
+            self._ensure_latent_scale(torch.cat([x_s, x_t]), gen)
         if phase == "ae":
             stats = self._ae_step(torch.cat([x_s, x_t]), gen, it)
         elif phase == "ldm":
@@ -353,12 +378,21 @@ class CICLDTrainer:
         self._ema_update()
         return {"phase": phase, "lr": lr, **stats}
 
+    def _ensure_latent_scale(self, x: Tensor, gen: torch.Generator) -> None:
+        """Estimate the latent scale factor once, on the first batch after the autoencoder's
+        pre-training (LDM); the EMA model gets the same value (buffers are copied)."""
+        if float(self.net.latent_scale) > 0:
+            return
+        scale = self.net.set_latent_scale(x, gen)
+        self.ema_net.latent_scale.fill_(scale)
+        self.ema.buffers["latent_scale"].fill_(scale)
+
     def _ae_step(self, x: Tensor, gen: torch.Generator, it: int) -> dict:
         """Stage 1: L1 (+ perceptual_weight * LPIPS, with local VGG-16 weights) + kl_weight *
         KL + adv_weight * hinge generator term; then D_patch."""
         c, net = self.cfg, self.net
-        post, _ = net.encode(x)
-        rec = net.decoder.reconstruct(post.sample(gen), None)
+        post, _ = net.autoencoder.encode(x)
+        rec = net.autoencoder.reconstruct(post.sample(gen), None)
         l_rec = (rec - x).abs().mean()
         l_p = rec.new_zeros(())
         if self.perceptual is not None:
@@ -383,7 +417,8 @@ class CICLDTrainer:
         """Stage 2: Eq. 6, unconditioned, on posterior samples (autoencoder frozen)."""
         net = self.net
         with torch.no_grad():
-            z = net.encode(x)[0].sample(gen)
+            z = net.autoencoder.encode(x)[0].sample(gen)
+            z = z * net.latent_factor(z)
         l_dif = net.schedule.training_loss(lambda zt, t: net.eps(zt, t, None), z, gen)
         self._optimise(l_dif)
         return {"dif": l_dif.item()}
@@ -393,16 +428,27 @@ class CICLDTrainer:
     ) -> dict:
         c, net = self.cfg, self.net
         b = x_s.shape[0]
-        # (a) pseudo-labels from the EMA model
+        # (a) pseudo-labels from the EMA model (and its source predictions, the source's
+        # condition with source_condition "prediction")
         with torch.no_grad():
-            logits_t = self.student(step_seed(c.seed, it, 3))(x_t)
+            if c.source_condition == "prediction":
+                logits_s, logits_t = self.student(step_seed(c.seed, it, 3))(
+                    torch.cat([x_s, x_t])
+                ).split(b)
+            else:
+                logits_t = self.student(step_seed(c.seed, it, 3))(x_t)
         y_t, conf = pseudo_labels(logits_t, c.pseudo_threshold)
         # (b) ClassMix + pixel augmentation of the mixed image
         x_mix, y_mix, mask = classmix(x_s, y_s, x_t, y_t, gen)
         x_mix = pixel_jitter(x_mix, c.mix_jitter, gen)
+        if c.source_condition == "prediction":
+            c_s = logits_s.argmax(1)
+            c_mix = torch.where(mask, c_s, y_t)
+        else:
+            c_s, c_mix = y_s, y_mix
         # (c) one forward of source, mixed and target; only source and mixed are decoded
         x_all = torch.cat([x_s, x_mix, x_t])
-        y_all = torch.cat([y_s, y_mix, y_t])
+        y_all = torch.cat([c_s, c_mix, y_t])
         keep = (torch.rand(3 * b, generator=gen) >= c.cond_drop_prob).float()
         if c.target_condition == "none":
             keep[2 * b :] = 0.0
@@ -424,10 +470,8 @@ class CICLDTrainer:
         else:
             l_mix = segmentation_loss(out.logits[b:], y_mix)
         l_cls = segmentation_loss(out.logits[:b], y_s) + l_mix
-        tokens = out.tokens
-        l_dif = net.schedule.training_loss(
-            lambda zt, t: net.eps(zt, t, tokens), out.z0.detach(), gen
-        )
+        cond = out.cond
+        l_dif = net.schedule.training_loss(lambda zt, t: net.eps(zt, t, cond), out.z0.detach(), gen)
         latents = adversarial_latents(out, c.adv_latents)
         domains = torch.arange(3, device=self.device).repeat_interleave(b)
         self.dis.requires_grad_(False)
@@ -438,7 +482,13 @@ class CICLDTrainer:
         else:
             l_adv = out.z0.new_zeros(())
         self.dis.requires_grad_(True)
-        self._optimise(c.w_cls * l_cls + c.w_dif * l_dif + c.w_adv * l_adv)
+        k = self.cfg.phase(it)[1]
+        frac = float("nan")
+        if c.adv != "none" and c.adv_grad_fraction > 0 and k % c.adv_balance_every == 0:
+            self.adv_weight, frac = self._balance_adv(c.w_cls * l_cls, l_adv)
+        loss = c.w_cls * l_cls + c.w_dif * l_dif + self.adv_weight * l_adv
+        l_kl = out.post.kl().mean() if c.adapt_kl_weight > 0 else out.z0.new_zeros(())
+        self._optimise(loss + c.adapt_kl_weight * l_kl)
         # (e) discriminator step on the detached latents
         l_dis = out.z0.new_zeros(())
         if c.adv == "3class":
@@ -455,7 +505,26 @@ class CICLDTrainer:
             "adv": l_adv.item(),
             "dis": l_dis.item(),
             "pseudo_conf": conf.mean().item(),
+            "w_adv": self.adv_weight,
+            "adv_grad_ratio": frac,
+            "latent_std": out.z0.detach().float().std().item(),
         }
+
+    def _balance_adv(self, l_cls: Tensor, l_adv: Tensor) -> tuple[float, float]:
+        """``w_adv`` such that ``|grad (w_adv L_adv)| = adv_grad_fraction |grad L_cls|`` on
+        the encoder's output layer (VQGAN's adaptive weight, applied to E); also returns the
+        measured ratio ``|grad L_adv| / |grad L_cls|`` at weight 1. Keeps the previous
+        weight when either gradient vanishes."""
+        w = self.net.autoencoder.vae.encoder.conv_out.weight
+        g_cls = torch.autograd.grad(l_cls, w, retain_graph=True, allow_unused=True)[0]
+        g_adv = torch.autograd.grad(l_adv, w, retain_graph=True, allow_unused=True)[0]
+        if g_cls is None or g_adv is None:
+            return self.adv_weight, float("nan")
+        n_cls, n_adv = float(g_cls.norm()), float(g_adv.norm())
+        if not (n_cls > 0 and n_adv > 0 and math.isfinite(n_cls) and math.isfinite(n_adv)):
+            return self.adv_weight, float("nan")
+        weight = min(self.cfg.adv_grad_fraction * n_cls / n_adv, 1e4)
+        return weight, n_adv / n_cls
 
     # ---------------------------------------------------------------- checkpoints
     def meta(self) -> dict:
@@ -464,6 +533,7 @@ class CICLDTrainer:
             "arch": "cicld",
             "num_classes": self.net.num_classes,
             "model": to_dict(c.model),
+            "ae_config": self.net.ae_config,
             "noise_timestep": c.noise_timestep,
             "denoise_steps": c.inference_steps(),
             "infer_condition": c.infer_condition,
@@ -472,7 +542,11 @@ class CICLDTrainer:
     def save(self, path: Path, it: int) -> Path:
         modules = {"model": self.net, "ema": self.ema_net, "dis": self.dis}
         modules["patch_dis"] = self.patch_dis
-        meta = self.meta() | {"iteration": it, "ema_step": self.ema.step}
+        meta = self.meta() | {
+            "iteration": it,
+            "ema_step": self.ema.step,
+            "adv_weight": self.adv_weight,
+        }
         return save_checkpoint(path, modules, self.optimizer, meta)
 
     def load(self, path: Path) -> int:
@@ -480,6 +554,7 @@ class CICLDTrainer:
         modules["patch_dis"] = self.patch_dis
         meta = load_checkpoint(path, modules, self.optimizer, device=self.device)
         self.ema.load_state_dict({"shadow": self.ema_net.state_dict(), "step": meta["ema_step"]})
+        self.adv_weight = float(meta.get("adv_weight", self.cfg.w_adv))
         return int(meta["iteration"])
 
     def save_final(self, path: Path, it: int) -> Path:
@@ -495,8 +570,12 @@ def load_cicld(path: str | Path, device: str | torch.device = "cpu", seed: int =
     meta = read_meta(path)
     if meta.get("arch") != "cicld":
         raise ValueError(f"{path}: not a CICLD checkpoint (arch {meta.get('arch')!r})")
-    mcfg = from_dict(CICLDModelConfig, dict(meta["model"]) | {"mask_encoder_weights": ""})
-    net = CICLDNet(mcfg, int(meta["num_classes"]), DDPMSchedule())
+    if "ae_config" not in meta:
+        raise ValueError(f"{path}: a CICLD checkpoint of an older diffdass (no autoencoder config)")
+    mcfg = from_dict(
+        CICLDModelConfig, dict(meta["model"]) | {"mask_encoder_weights": "", "pretrained": ""}
+    )
+    net = CICLDNet(mcfg, int(meta["num_classes"]), DDPMSchedule(), ae_config=meta["ae_config"])
     load_checkpoint(path, {"model": net}, device="cpu")
     seg = CICLDSegmenter(
         net, meta["noise_timestep"], meta["denoise_steps"], meta["infer_condition"], seed

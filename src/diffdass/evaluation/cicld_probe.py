@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from diffdass.evaluation.metrics import ConfusionMatrix, resolve_class_set
-from diffdass.models.cicld import CICLDSegmenter, denoise_timesteps
+from diffdass.models.cicld import CICLDSegmenter
 
 
 @torch.no_grad()
@@ -19,14 +19,10 @@ def predict(net, x, label, t_start: int, steps: int, condition: str, seed: int =
     """Logits of ``net`` (a CICLDNet) at input size under one inference variant: ``self`` and
     ``none`` are :class:`CICLDSegmenter` itself; ``label`` is one pass conditioned on the
     given label map, with the segmenter's noise (seeded by ``seed``)."""
+    seg = CICLDSegmenter(net, t_start, steps, "none" if condition == "label" else condition, seed)
     if condition != "label" or net.mask_encoder is None:
-        return CICLDSegmenter(net, t_start, steps, condition, seed)(x)
-    post, skips = net.encode(x)
-    z0 = post.mode()
-    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed), dtype=z0.dtype)
-    tokens = net.condition_tokens(label, z0)
-    ts = denoise_timesteps(t_start, steps)
-    return net.decode_logits(net.denoise(z0, tokens, ts, noise)[-1], skips)
+        return seg(x)
+    return seg.predict(net.encode(x), label)
 
 
 def score(net, ds, t_start: int, steps: int, condition: str) -> float:
@@ -45,14 +41,14 @@ def score(net, ds, t_start: int, steps: int, condition: str) -> float:
 def probe_condition(net, ds, n: int, t_start: int, steps: int) -> dict:
     """How far the ground-truth condition moves the prediction (first ``n`` images): the
     largest logit change against no condition, the share of pixels whose arg-max changes,
-    and, at the middle block (Eq. 5), the mean norms of o, of the tokens c and of the
-    change of o."""
+    and, with Eq. 5 conditioning, the mean norms at the middle block of o, of the tokens c
+    and of the change of o. Empty without conditioning."""
     from diffdass.models.cicld import ConditionedMidBlock, condition_features
 
-    mids = [m for m in net.modules() if isinstance(m, ConditionedMidBlock)]
-    if not mids or net.mask_encoder is None:
+    if net.mask_encoder is None:
         return {}
-    mid, norms = mids[0], []
+    mids = [m for m in net.modules() if isinstance(m, ConditionedMidBlock)]
+    norms: list = []
 
     def hook(module, args, output):
         if module.tokens is not None:  # recompute o (the block's own output before Eq. 5)
@@ -62,7 +58,7 @@ def probe_condition(net, ds, n: int, t_start: int, steps: int) -> dict:
                 [o.norm(dim=1).mean(), module.tokens.norm(dim=2).mean(), delta.norm(dim=1).mean()]
             )
 
-    handle = mid.register_forward_hook(hook)
+    handles = [m.register_forward_hook(hook) for m in mids[:1]]
     max_dl, flips, pixels, mean_abs = 0.0, 0, 0, 0.0
     try:
         for i in range(min(n, len(ds))):
@@ -75,23 +71,25 @@ def probe_condition(net, ds, n: int, t_start: int, steps: int) -> dict:
             flips += int((a.argmax(1) != b.argmax(1)).sum())
             pixels += a.argmax(1).numel()
     finally:
-        handle.remove()
-    o, c, d = (float(sum(r[k] for r in norms) / len(norms)) for k in range(3))
-    return {
+        for h in handles:
+            h.remove()
+    res = {
         "max_logit_change": max_dl,
         "mean_abs_logit": mean_abs / min(n, len(ds)),
         "argmax_changed_pct": 100.0 * flips / pixels,
-        "mid_norm_o": o,
-        "mid_norm_c": c,
-        "mid_norm_delta": d,
     }
+    if norms:
+        o, c, d = (float(sum(r[k] for r in norms) / len(norms)) for k in range(3))
+        res |= {"mid_norm_o": o, "mid_norm_c": c, "mid_norm_delta": d}
+    return res
 
 
 @torch.no_grad()
 def noise_probe(seg: CICLDSegmenter, ds, n: int | None = None, seed: int = 0) -> float:
     """The share of pixels (over the first ``n`` images of ``ds``; all when ``None``) whose
     predicted class changes when the denoised latent that the decoder receives is replaced by
-    ``N(0, I)`` noise of its shape; the decoder keeps its inter-coder features.
+    ``N(0, I)`` noise of its shape (in the normalised units the diffusion works in); the
+    decoder keeps its inter-coder features.
 
     0 means the segmentation does not go through the diffusion path at all (the inter-coder
     features alone decide it); a model whose only path is the latent gets about ``1 - 1/K``
@@ -103,11 +101,10 @@ def noise_probe(seg: CICLDSegmenter, ds, n: int | None = None, seed: int = 0) ->
     for i in range(count):
         x = ds[i]["image"][None].to(device)
         ref = seg(x).argmax(1)
-        post, skips = net.encode(x)
-        z0 = post.mode()
+        enc = net.encode(x)
         gen = torch.Generator().manual_seed(seed + i)
-        z = torch.randn(z0.shape, generator=gen, dtype=z0.dtype).to(device)
-        probe = net.decode_logits(z, skips).argmax(1)
+        z = torch.randn(enc.z0.shape, generator=gen, dtype=enc.z0.dtype).to(device)
+        probe = net.decode_logits(z, enc).argmax(1)
         changed += int((probe != ref).sum())
         total += ref.numel()
     return changed / max(total, 1)
