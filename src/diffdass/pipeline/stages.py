@@ -85,6 +85,8 @@ def _unstarted_sections(out: Path):
     def allow(diff: str) -> bool:
         key = diff.split(":", 1)[0]
         section = key.split(".", 1)[0]
+        if "logging" in key.split("."):
+            return True  # where the curves go (`logging`, shared by every stage): no result
         deps = _DEPENDENTS.get(section)
         if section == "ptl" and not key.startswith(_CALIBRATION_KEYS):
             deps = ("ptl", "stage_metrics")  # a PTL setting the calibration does not read
@@ -181,7 +183,22 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
     stage("report", lambda: _report(out, summary))
     summary["seconds"] = times
     write_json(summary_path, summary)
+    _log_evaluations(cfg, out, rows)
     return summary
+
+
+def _log_evaluations(cfg: PipelineConfig, out: Path, rows: dict[str, dict]) -> None:
+    """Every model's target-val mIoU, per class set, as ``eval/mIoU_<set>/<method>`` in
+    ``<out>/tensorboard`` (step 0; a re-run replaces the points)."""
+    from diffdass.training.tracking import Tracker
+
+    values = {
+        f"eval/mIoU_{name}/{key}": miou
+        for key, res in rows.items()
+        for name, miou in res["miou"].items()
+    }
+    with Tracker(out, cfg.logging, purge_step=0, name="run") as tracker:
+        tracker.scalars(values, 0)
 
 
 def _run_calibration(cfg: PipelineConfig, out: Path, stage, progress) -> dict:
