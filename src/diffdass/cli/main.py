@@ -265,15 +265,81 @@ def evaluate(
     typer.echo(f"inference: {res['inference_ms_per_image']:.2f} ms/image (batch 1)")
 
 
-def _parse_size(s: str | None):
+@app.command()
+@friendly_errors
+def predict(
+    images: Annotated[
+        str,
+        typer.Argument(
+            help="A folder of images (searched recursively), one image, or a glob pattern such"
+            " as 'photos/**/*.jpg' (quote it so that the shell leaves it alone).",
+            metavar="IMAGES",
+        ),
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(help="Segmenter or CICLD checkpoint (.safetensors) written by diffdass."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder: labels/ (train-id PNGs) and overlays/ (class colours on the"
+            " image), each with the input's relative file names (.png).",
+        ),
+    ],
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size",
+            "--input-size",
+            help="Feed the model images resized to HxW (e.g. 512x1024); the outputs keep each"
+            " image's own size.",
+            show_default="each image's own size",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward pass (of one size, unless --size).")
+    ] = 1,
+    alpha: Annotated[float, typer.Option(help="Opacity of the class colours (0..1).")] = 0.5,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Predict again images whose outputs exist.", show_default=False
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    quiet: QuietOpt = False,
+):
+    """Label maps and colour overlays for images without labels, from any checkpoint."""
+    from diffdass.evaluation.predict import find_images, predict_images
+    from diffdass.pipeline.scoring import load_for_evaluation
+    from diffdass.utils.device import resolve_device
+
+    input_size = _parse_size(size, "--size")
+    find_images(images, exclude=out)  # no matching image: an error before the model loads
+    dev = resolve_device(device)
+    model = load_for_evaluation(checkpoint, dev)  # a segmenter or a CICLD model
+    res = predict_images(
+        model, images, out, dev, input_size, batch_size, alpha, overwrite, progress=not quiet
+    )
+    typer.echo(
+        f"{res['images']} images: {res['written']} predicted, {res['skipped']} already done"
+        f" (--overwrite predicts them again); labels: {res['labels']}, overlays:"
+        f" {res['overlays']}"
+    )
+
+
+def _parse_size(s: str | None, flag: str = "--input-size"):
     if not s:
         return None
     try:
         h, w = (int(v) for v in s.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-size expects HxW like 512x1024, got {s!r}") from None
+        raise ValueError(f"{flag} expects HxW like 512x1024, got {s!r}") from None
     if h <= 0 or w <= 0:
-        raise ConfigError(f"--input-size: both sizes must be positive, got {s!r}")
+        raise ConfigError(f"{flag}: both sizes must be positive, got {s!r}")
     return (h, w)
 
 
