@@ -13,6 +13,7 @@ model) and the calibration when ``ptl.guidance.scale`` is ``auto``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -140,9 +141,15 @@ def run_pipeline(
     with run.open(cfg, (), allow=allow):
         run.resume_point = "the finished stages and the interrupted stage's last checkpoint"
         run.start()
-        if calibrate_only:
-            return _run_calibration(cfg, out, stage, progress)
-        return _run_stages(cfg, out, run, stage, times, progress)
+        try:
+            if calibrate_only:
+                return _run_calibration(cfg, out, stage, progress)
+            return _run_stages(cfg, out, run, stage, times, progress)
+        finally:
+            # the stages keep their checkpoints in their own folders: the pipeline folder's
+            # own checkpoints/ (every run folder gets one) stays empty
+            with contextlib.suppress(OSError):
+                run.ckpt_dir.rmdir()  # only when empty
 
 
 def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progress) -> dict:
