@@ -254,8 +254,8 @@ def test_rerun_is_noop_and_changes_regenerate(tmp_path):
     fourth = _tiny(root, n_target_val=3)
     assert fourth["generated"] and fourth["content_hash"] == third["content_hash"]
     assert (root / "source/train/labels/000002.png").is_file()
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("b", ".b.lock")]
-    assert not leftovers  # no temporary or old directories left behind
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "b"]
+    assert not leftovers  # no temporary or old directories, no lock file left behind
 
     foreign = tmp_path / "mine"
     (foreign / "notes").mkdir(parents=True)
@@ -271,7 +271,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(bm.writer, "make_sample", boom)  # what the writer calls
     with pytest.raises(RuntimeError, match="boom"):
         _tiny(tmp_path / "c")
-    assert [p.name for p in tmp_path.iterdir()] == [".c.lock"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_preview_figure(tiny_root, tmp_path):
@@ -290,3 +290,34 @@ def test_tiny_benchmark_pixels_are_pinned(tiny_root):
         h.update(p.relative_to(tiny_root).as_posix().encode())
         h.update(np.ascontiguousarray(np.asarray(Image.open(p))).tobytes())
     assert h.hexdigest() == "c1506cde99c0627655b32c0ba9f5607aff8616a2035deeef9eba8c46ae3422ef"
+
+
+def test_the_lock_serialises_callers_and_leaves_no_file(tmp_path):
+    """Processes that wait on the lock while its holder removes the file still take turns."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    log = tmp_path / "log.txt"
+    procs = [ctx.Process(target=_hold_lock, args=(str(tmp_path / "root"), str(log)))
+             for _ in range(4)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    events = log.read_text().split()
+    assert len(events) == 8 and events == ["in", "out"] * 4  # never two holders at once
+    assert list(tmp_path.iterdir()) == [log]
+
+
+def _hold_lock(root: str, log: str) -> None:
+    import time
+
+    from diffdass.data.benchmark.writer import _lock
+
+    with _lock(Path(root)):
+        with open(log, "a") as fh:
+            fh.write("in\n")
+        time.sleep(0.05)
+        with open(log, "a") as fh:
+            fh.write("out\n")

@@ -287,6 +287,21 @@ def test_run_command_trains_and_prints_what_the_run_demonstrates(tmp_path, one_t
     for key in summary["methods"]:
         assert f" {summary['miou'][key]:5.1f}\n" in res.output, key
     assert f"report: {tmp_path / 'run' / 'report.html'}" in res.output
+    # every training stage logged its curves (and images) for TensorBoard, the run its scores
+    from diffdass.utils.events import read_images, read_scalars
+
+    run = tmp_path / "run"
+    seg = read_scalars(run / "source_only" / "tensorboard")
+    assert {"loss", "lr"} <= set(seg) and [s for s, _ in seg["loss"]] == [1, 2, 3]
+    assert [s for s, _ in read_images(run / "ddpm" / "tensorboard")["samples"]] == [3]
+    ptl = read_scalars(run / "ptl" / "tensorboard")
+    assert {"loss", "lr", "lr_last", "n"} <= set(ptl) and [s for s, _ in ptl["loss"]] == [1, 2, 3]
+    assert [s for s, _ in ptl[f"val_miou/{summary['class_set']}"]] == [1, 2]  # eval_every: 1
+    assert [s for s, _ in read_images(run / "ptl" / "tensorboard")["translations"]] == [1, 2, 3]
+    scores = read_scalars(run / "tensorboard")
+    for key in summary["methods"]:
+        (point,) = scores[f"eval/mIoU_{summary['class_set']}/{key}"]
+        assert point == (0, pytest.approx(summary["miou"][key], abs=1e-4))
 
 
 def test_the_flag_table_covers_every_flag_and_names_real_keys():
@@ -307,8 +322,8 @@ def test_the_flag_table_covers_every_flag_and_names_real_keys():
     configs = {"train-seg": TrainSegConfig, "train-ddpm": TrainDDPMConfig, "ptl": PTLConfig,
                "translate": TranslateConfig, "run": PipelineConfig,
                "calibrate-guidance": PipelineConfig, "estimate": PipelineConfig}  # fmt: skip
-    not_config = {"config", "sets", "quiet", "score_with", "gpu", "processes", "steps",
-                  "json_out"}  # fmt: skip  # what a command does, not a key
+    not_config = {"config", "config_option", "sets", "quiet", "score_with", "gpu", "processes",
+                  "steps", "json_out"}  # fmt: skip  # what a command does, not a key
     commands = typer.main.get_command(app).commands
     for name, table in FLAGS.items():
         params = {p.name for p in commands[name].params}
@@ -325,3 +340,101 @@ def test_the_flag_table_covers_every_flag_and_names_real_keys():
     r = runner.invoke(app, ["train-seg", "-o", "/nonexistent/x", "--set", "iterations=5",
                             "--iterations", "7", "--source-root", "/nonexistent/data"])  # fmt: skip
     assert r.exit_code == 2 and "iterations: given both" in _plain(r.output)
+
+
+def _commands_with_config():
+    """``{name: click command}`` of every command (sub-commands included) taking a config."""
+    out = {}
+    for name, cmd in CLICK_APP.commands.items():
+        subs = getattr(cmd, "commands", None)
+        for sub_name, sub in (subs or {name: cmd}).items():
+            if any(p.name == "config" for p in sub.params):
+                out[name if subs is None else f"{name} {sub_name}"] = sub
+    return out
+
+
+def test_every_command_takes_its_config_the_same_two_ways():
+    """CONFIG is positional everywhere, and --config / -c is the same file as an option."""
+    commands = _commands_with_config()
+    assert {"train-seg", "train-ddpm", "translate", "ptl", "run", "calibrate-guidance", "ablate",
+            "estimate", "launch-plan", "config show"} <= set(commands)  # fmt: skip
+    for name, cmd in commands.items():
+        params = {p.name: p for p in cmd.params}
+        assert params["config"].param_type_name == "argument", name
+        assert not params["config"].required, name
+        assert params["config"].metavar == "CONFIG", name
+        assert set(params["config_option"].opts) == {"--config", "-c"}, name
+
+
+def test_train_seg_reads_its_config_positionally_or_with_dash_c(tiny_dataset, tmp_path):
+    import yaml
+
+    config = tmp_path / "seg.yaml"
+    config.write_text(yaml.safe_dump({"source": {"root": str(tiny_dataset)}, "iterations": 1,
+        "batch_size": 2, "num_workers": 0, "model": {"arch": "fcn8s_tiny"}}))  # fmt: skip
+    saved = []
+    for args in ([str(config)], ["-c", str(config)], ["--config", str(config), str(config)]):
+        out = tmp_path / f"r{len(saved)}"
+        res = runner.invoke(app, ["train-seg", *args, "-o", str(out), "--quiet"])
+        assert res.exit_code == 0, res.output
+        saved.append(yaml.safe_load((out / "config.yaml").read_text()))
+    assert saved[0]["iterations"] == 1 and saved[0]["model"]["arch"] == "fcn8s_tiny"
+    assert saved[0] == saved[1] == saved[2]
+    other = tmp_path / "other.yaml"
+    other.write_text("iterations: 2\n")
+    res = runner.invoke(
+        app, ["train-seg", str(config), "-c", str(other), "-o", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "two config files given" in _plain(res.output)
+    assert not (tmp_path / "x").exists()
+
+
+def test_config_show_prints_the_resolved_pipeline_config(tmp_path):
+    import yaml
+
+    from diffdass.pipeline.config import DEFAULT_CONFIG, fill_config, load_pipeline_config
+    from diffdass.utils.config import to_dict
+
+    res = runner.invoke(app, ["config", "show"])
+    assert res.exit_code == 0, res.output
+    shown = yaml.safe_load(res.output)
+    assert shown == to_dict(fill_config(load_pipeline_config(DEFAULT_CONFIG)))
+    assert shown["benchmark"]["enabled"] and shown["logging"] == {
+        "tensorboard": True,
+        "wandb": False,
+    }
+    # a file, --set and flags, resolved as `run` resolves them; the stages share seed and out
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({"seed": 5, "benchmark": {"enabled": True},
+                                     "source_only": {"iterations": 7}}))  # fmt: skip
+    args = [str(config), "--set", "ptl.n_max=50", "-o", str(tmp_path / "o"), "--device", "cpu"]
+    res = runner.invoke(app, ["config", "show", *args])
+    assert res.exit_code == 0, res.output
+    shown = yaml.safe_load(res.output)
+    assert shown["source_only"]["iterations"] == 7 and shown["ptl"]["n_max"] == 50
+    assert shown["seed"] == shown["source_only"]["seed"] == shown["ptl"]["seed"] == 5
+    assert shown["device"] == shown["ddpm"]["device"] == "cpu"
+    assert shown["source"]["root"] == str(tmp_path / "o" / "data" / "source")
+    same = runner.invoke(app, ["config", "show", "--config", *args])
+    assert same.exit_code == 0 and same.output == res.output
+    bad = runner.invoke(app, ["config", "show", str(config), "--set", "ptl.nmax=1"])
+    assert bad.exit_code == 2 and "nmax" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, ["config", "show", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml" in _plain(missing.output)
+
+
+def test_help_names_both_methods_and_shows_defaults_whole():
+    top = _plain(runner.invoke(app, ["--help"], env={"COLUMNS": "250"}).output)
+    for part in ("label-guided diffusion translation with progressive translation learning",
+                 "Peng et al., ICCV 2023", "CICLD", "(Yu, Sun, Luo)"):  # fmt: skip
+        assert part in top, part
+    prepare = _plain(runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "250"}).output)
+    assert "Output folder-format root. [default: (ROOT/diffdass)]" in prepare
+    assert "[OPTIONS] {DATASET} {ROOT}" in prepare
+    for name in [*COMMANDS, "config show"]:
+        text = _plain(runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "250"}).output)
+        assert "Usage:" in text, name
+        assert " ." not in text and "( " not in text, (name, text)  # no swallowed text
+        assert "--no-quiet" not in text, name  # one spelling of each switch
+        if name in _commands_with_config():
+            assert "[OPTIONS] [CONFIG]" in text and "The same as CONFIG" in text, name

@@ -99,6 +99,29 @@ def test_pipeline_end_to_end(pipeline_run):
     assert [d["n"] for d in domains] == [7, 13, 20]
     assert all(d["reverse_steps"] == 2 for d in domains)
     assert all("val_miou" in d for d in domains)
+    # the pipeline folder's top level: no empty checkpoints/ of its own, no benchmark lock
+    top = {p.name for p in out.iterdir()}
+    assert "checkpoints" not in top and ".data.lock" not in top
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".lock")]
+    assert (out / ".lock").is_file()  # the folder's own lock: one writer at a time
+
+
+def test_report_names_the_methods_and_explains_its_symbols(pipeline_run):
+    from diffdass.evaluation.report import GLOSSARY
+
+    out, _ = pipeline_run
+    html = (out / "report.html").read_text()
+    glossary = html[html.index("<h2 id='glossary'>Glossary</h2>") :]
+    for term in ("g_0", "g_N", "phi^n", "SWD x1e3", "floor / ceiling", "AdaBN", "DACS", "CICLD",
+                 "EMA model", "PTL (label-guided translation)"):  # fmt: skip
+        assert f"<dt><b>{term}</b></dt>" in glossary, term
+    assert len(GLOSSARY) == glossary.count("<dt>")
+    assert "href='#glossary'" in html
+    # the per-class table has a column per model, AdaBN included, named by method
+    header = re.search(r"<tr><th>class</th>(.*?)</tr>", html).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header) == [
+        "source-only", "AdaBN", "PTL (label-guided translation)", "oracle"]  # fmt: skip
+    assert "the method" not in html
 
 
 def test_report_contains_metrics(pipeline_run):
@@ -443,8 +466,11 @@ def test_run_prints_what_it_demonstrates(pipeline_run):
 
     _, summary = pipeline_run
     text = "\n".join(summary_lines(summary))
-    for needle in ("source-only g_0", "AdaBN baseline", "g_N after PTL", "oracle", "closes"):
+    for needle in ("source-only g_0", "AdaBN baseline", "PTL (label-guided translation): g_N",
+                   "oracle", "PTL (label-guided translation) closes"):  # fmt: skip
         assert needle in text, needle
+    rows = text.splitlines()[1:5]  # the labels padded to one column
+    assert len({len(r) for r in rows}) == 1, rows
     assert f"{summary['miou']['adabn']:5.1f}" in text
     assert "patch SWD" in text
 
@@ -465,7 +491,7 @@ def test_run_summary_lines_numbers():
     }
     text = "\n".join(summary_lines(summary))
     assert "closes 10% of the source-only -> oracle gap" in text  # (21 - 20) / (30 - 20)
-    assert "g_N - AdaBN: -1.0 (the method is not above the AdaBN baseline here)" in text
+    assert "g_N - AdaBN: -1.0 (PTL (label-guided translation) is not above the AdaBN" in text
     assert "cover 25% of the way" in text  # (500 - 400) / (500 - 100)
     assert "further from the target than the source" in text
     assert "time: 3.0 min over 2 stages" in text
@@ -473,7 +499,7 @@ def test_run_summary_lines_numbers():
     summary["miou"]["ptl"] = 23.0
     summary["stage_metrics"]["ddpm_samples"] = 300.0
     text = "\n".join(summary_lines(summary))
-    assert "+1.0 (the method is above" in text and "further from" not in text
+    assert "+1.0 (PTL (label-guided translation) is above" in text and "further from" not in text
     # the round trip of target images at n = N: within a quarter of the source's excess
     # distance above the floor (100 + 0.25 * 400 = 200) the DDPM counts as accurate
     summary["stage_metrics"]["along_n"][0]["target_roundtrip_distance"] = 180.0
@@ -682,3 +708,32 @@ def test_ablation_rows_are_data_and_a_user_adds_rows_without_code(tmp_path):
         mine.write_text(text)
         with pytest.raises(ConfigError, match=message):
             with_rows_file(mine)
+
+
+def test_ema_models_share_one_name_and_every_label_names_its_method():
+    from diffdass.pipeline.methods import METHODS
+
+    labels = {m.key: m.label for m in METHODS}
+    assert labels["cicld"].startswith("CICLD: EMA model")
+    assert labels["dacs"].startswith("DACS baseline: EMA model")
+    assert labels["ptl"].startswith("PTL (label-guided translation)")
+    assert not [m.key for m in METHODS if "the method" in f"{m.label} {m.short}"]
+
+
+def test_report_says_why_adabn_is_missing(tmp_path):
+    """A segmenter without BatchNorm has no AdaBN row; the report says so under the table."""
+    from diffdass.evaluation.report import write_report
+    from diffdass.pipeline.methods import describe
+    from diffdass.utils.io import write_json
+
+    ev = {"miou": {"all2": 40.0}, "per_class_iou": {"a": 30.0, "b": 50.0}}
+    write_json(tmp_path / "source_only" / "eval" / "metrics.json", ev)
+    summary = {"class_set": "all2", "miou": {"source_only": 40.0}}
+    write_json(tmp_path / "summary.json", summary | {"methods": describe(["source_only"])})
+    html = write_report(tmp_path).read_text()
+    assert "AdaBN: not applicable, the segmenter has no BatchNorm layer" in html
+    write_json(tmp_path / "adabn" / "eval" / "metrics.json", ev)
+    summary["miou"]["adabn"] = 40.0
+    write_json(tmp_path / "summary.json", summary | {"methods": describe(["source_only", "adabn"])})
+    html = write_report(tmp_path).read_text()
+    assert "not applicable" not in html and "<th>AdaBN</th>" in html

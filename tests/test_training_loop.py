@@ -24,7 +24,7 @@ class Stop(Exception):
     pass
 
 
-def toy_loop(path, total=10, stop_at=None, hooks=(), every=3):
+def toy_loop(path, total=10, stop_at=None, hooks=(), every=3, tracking=None):
     """A linear model fitted by SGD on batches drawn from (seed, it): the loop's contract."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -55,7 +55,7 @@ def toy_loop(path, total=10, stop_at=None, hooks=(), every=3):
 
     loop = TrainLoop(
         run, "toy", total, step, batches, save, load, checkpoint_every=every, hooks=hooks,
-        progress=False, images=lambda x, _: x.shape[0],
+        progress=False, images=lambda x, _: x.shape[0], tracking=tracking,
     )  # fmt: skip
     with run.open(ToyConfig()):
         result = loop()

@@ -58,7 +58,7 @@ from diffdass.adaptation.seg_training import (
 from diffdass.data.folder import DomainSpec
 from diffdass.models.ema import EMA
 from diffdass.models.factory import build_segmenter, load_segmenter
-from diffdass.training import TrainLoop, first_last
+from diffdass.training import LoggingConfig, TrainLoop, first_last
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
 from diffdass.utils.device import (
@@ -94,6 +94,7 @@ class DACSConfig:
     num_workers: int = 0
     checkpoint_every: int = 1000
     on_error: str = "raise"
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # curves: TensorBoard / W&B
 
     def validate(self) -> None:
         if not self.source.root or not self.target.root:
@@ -219,7 +220,7 @@ def check_init(cfg: DACSConfig, num_classes: int) -> None:
 
 
 #: what a DACS run may change when it is resumed (nothing that changes the weights)
-RESUME_IGNORE = ("num_workers", "checkpoint_every", "device")
+RESUME_IGNORE = ("num_workers", "checkpoint_every", "device", "logging")
 
 
 def train_dacs(cfg: DACSConfig, out: str | Path, progress: bool = True) -> dict:
@@ -276,6 +277,7 @@ def _train(cfg: DACSConfig, run: RunDir, src, tgt, progress: bool) -> dict:
         checkpoint_every=cfg.checkpoint_every,
         progress=progress,
         distributed=False,
+        tracking=cfg.logging,
     )()
     save_checkpoint(final, {"model": trainer.ema_model}, None, meta | {"iteration": n})
     history = result.history

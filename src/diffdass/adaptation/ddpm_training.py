@@ -43,7 +43,7 @@ from diffdass.diffusion.sampler import as_eps_fn, reverse, toolkit_options
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.ema import EMA
 from diffdass.models.unet import build_unet
-from diffdass.training import Hook, TrainLoop, first_last
+from diffdass.training import Hook, LoggingConfig, TrainLoop, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
@@ -93,6 +93,7 @@ class TrainDDPMConfig:
     device: str = "auto"
     amp: Amp = True  # bf16 autocast: true on CUDA only, bf16 also on the CPU, false never
     num_workers: int = 2
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # curves: TensorBoard / W&B
 
     def validate(self) -> None:
         if not self.target.root:
@@ -232,6 +233,7 @@ RESUME_IGNORE = (
     "checkpoint_every",
     "sample_every",
     "snapshot_every",
+    "logging",
 )
 
 
@@ -400,6 +402,7 @@ def _train(cfg: TrainDDPMConfig, run: RunDir, scan: SplitScan, progress: bool) -
         progress=progress,
         images=lambda batch, _: batch["image"].shape[0],
         hooks=[previews],
+        tracking=cfg.logging,
     )()
     ema = state["ema"]
     if main:
@@ -458,6 +461,7 @@ class _Previews(Hook):
                 moments,
             )
             save_image(self.run.path / "samples" / f"samples_{step:07d}.png", grid)
+            loop.tracker.image("samples", grid, step)
         if cfg.snapshot_every and step % cfg.snapshot_every == 0:
             save_checkpoint(
                 self.run.ckpt_dir / f"snapshot_{step:07d}.safetensors",

@@ -53,7 +53,7 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.data.transforms import Resize
 from diffdass.diffusion.schedule import DDPMSchedule
-from diffdass.training import TrainLoop
+from diffdass.training import LoggingConfig, TrainLoop
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
@@ -113,6 +113,7 @@ class PTLConfig:
     amp: Amp = True  # fine-tuning in bf16: true on CUDA only, bf16 also on the CPU, false never
     num_workers: int = 0
     on_error: str = "raise"  # or "skip": source samples the up-front check finds bad are left out
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # curves: TensorBoard / W&B
 
     def validate(self) -> None:
         if self.on_error not in ("raise", "skip"):
@@ -199,7 +200,7 @@ LR_SCHEDULES = ("domain", "constant", "global")
 
 #: what a PTL run may change when resumed (nothing that changes the weights; the domain
 #: schedule and iterations_per_domain fix the lr schedule's total, so they may not change)
-RESUME_IGNORE = ("num_workers", "eval_every")
+RESUME_IGNORE = ("num_workers", "eval_every", "logging")
 
 
 def check_config(cfg: PTLConfig, allow_auto: bool = False) -> None:
@@ -360,7 +361,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         # so the others hardly wait for it at the gather. Split over processes the strip
         # would change: one generator draws the noise of the whole strip batch.
         if strip_idx and main:
-            save_strip(
+            strip = save_strip(
                 cfg,
                 k,
                 n,
@@ -373,6 +374,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
                 run.path,
                 moments,
             )
+            loop.tracker.image("translations", strip, k + 1)  # source | phi^n, per image
         rec = run_domain(cfg, k, n, ds, trainer, unet, schedule, device, moments)
         if val_ds is not None and cfg.eval_every and (k + 1) % cfg.eval_every == 0:
             if k + 1 < len(levels):
@@ -396,7 +398,7 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         )
         return rec
 
-    history = TrainLoop(
+    loop = TrainLoop(
         run,
         "ptl",
         len(levels),
@@ -410,7 +412,10 @@ def _run(cfg: PTLConfig, run: RunDir, scans, progress: bool) -> dict:
         progress=progress,
         images=lambda _, rec: rec["translated_images"],
         show=("n", "loss"),
-    )().history
+        tracking=cfg.logging,
+        lr_key="lr_last",
+    )
+    history = loop().history
     hist_path = run.path / "domains.json"
     if main:
         save_checkpoint(

@@ -178,8 +178,9 @@ def pool_order(pool: int, needed: int, seed: int) -> torch.Tensor:
 
 def save_strip(
     cfg, k, n, strip_ds, idx, model, unet, schedule, device, run_path: Path, moments
-) -> None:
-    """Translate a few fixed source images at this domain's n (Fig. 4 strips)."""
+) -> np.ndarray:
+    """Translate a few fixed source images at this domain's n (Fig. 4 strips); returns them
+    as one picture, a row per image: the source beside its translation."""
     items = [strip_ds[i] for i in idx]
     x0 = torch.stack([it["image"] for it in items]).to(device)
     y = torch.stack([it["label"] for it in items]).to(device)
@@ -198,8 +199,12 @@ def save_strip(
         moments,
     )
     model.train(was_training)
+    rows = []
     for it, x in zip(items, xg, strict=True):
-        save_image(run_path / "strips" / it["stem"] / f"n{n:04d}.png", tensor_to_image(x))
+        translated, source = tensor_to_image(x), tensor_to_image(it["image"])
+        save_image(run_path / "strips" / it["stem"] / f"n{n:04d}.png", translated)
         src = run_path / "strips" / it["stem"] / "n0000.png"
         if not src.is_file():
-            save_image(src, tensor_to_image(it["image"]))
+            save_image(src, source)
+        rows.append(np.concatenate([source, translated], axis=1))
+    return np.concatenate(rows, axis=0)

@@ -43,7 +43,7 @@ from diffdass.data.folder import (
 from diffdass.data.scan import SplitScan, scan_split
 from diffdass.diffusion.schedule import DDPMSchedule
 from diffdass.models.factory import build_segmenter
-from diffdass.training import TrainLoop, first_last
+from diffdass.training import LoggingConfig, TrainLoop, first_last
 from diffdass.utils import distributed as dist
 from diffdass.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffdass.utils.config import ConfigError, validate_tree
@@ -80,6 +80,7 @@ class TrainSegConfig:
     num_workers: int = 2
     checkpoint_every: int = 1000
     on_error: str = "raise"  # or "skip": log and skip bad samples
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # curves: TensorBoard / W&B
 
     def validate(self) -> None:
         if not self.source.root:
@@ -374,7 +375,7 @@ def segmenter_meta(cfg_model: SegModelConfig, num_classes: int, class_names) -> 
 
 
 #: what a train-seg run may change when it is resumed (nothing that changes the weights)
-RESUME_IGNORE = ("num_workers", "checkpoint_every")
+RESUME_IGNORE = ("num_workers", "checkpoint_every", "logging")
 ITERATIONS_HINT = {
     "iterations": "the poly learning-rate schedule depends on the total number of "
     "iterations, so a segmenter run can be neither shortened nor extended (its weights would "
@@ -453,6 +454,7 @@ def _train(cfg: TrainSegConfig, run: RunDir, scan: SplitScan, progress: bool) ->
         progress=progress,
         images=lambda batch, _: batch["image"].shape[0],
         resume_hint=ITERATIONS_HINT["iterations"],
+        tracking=cfg.logging,
     )
     history = loop().history
     skipped = ds.skipped

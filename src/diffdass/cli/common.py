@@ -13,12 +13,31 @@ import typer
 
 from diffdass.utils.config import ConfigError
 
+# One convention for every command that reads a config: the YAML file is the positional
+# CONFIG, and ``--config FILE`` / ``-c FILE`` says the same (either form; not both).
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="YAML config file of this command; flags and --set override its values.",
+        metavar="CONFIG",
+        show_default="none: the defaults",
+    ),
+]
+PipelineConfigArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Pipeline YAML; flags and --set override its values.",
+        metavar="CONFIG",
+        show_default="the built-in CPU benchmark",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="YAML config file; flags override its values.", show_default=False
+        "--config", "-c", help="The same as CONFIG, given as an option.", show_default=False
     ),
 ]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bar.", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -28,6 +47,16 @@ SetOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def config_path(positional: Path | None, option: Path | None) -> Path | None:
+    """The config file of a command: the positional ``CONFIG`` or ``--config`` (the same file
+    given both ways is fine; two different files are refused)."""
+    if positional is not None and option is not None and Path(positional) != Path(option):
+        raise ConfigError(
+            f"two config files given: {positional} (CONFIG) and {option} (--config); give one"
+        )
+    return positional if positional is not None else option
 
 
 def error_message(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """``diffdass``: every stage of the toolkit as a subcommand.
 
-Each subcommand reads a YAML config (``--config``), any key can be overridden with
-``--set section.key=value``, and the most common keys have their own flags. Every run
+Each subcommand that takes a config reads it as its positional ``CONFIG`` (``--config FILE``
+says the same), any key can be overridden with ``--set section.key=value``, and the most
+common keys have their own flags. ``diffdass config show`` prints a resolved pipeline config. Every run
 directory receives the resolved config, the git revision, a log, metrics JSON and
 safetensors checkpoints.
 """
@@ -17,9 +18,13 @@ from typing import Annotated
 import typer
 
 from diffdass.cli.common import (
+    ConfigArg,
     ConfigOpt,
+    PipelineConfigArg,
+    QuietOpt,
     SetOpt,
     check_evaluate_out,
+    config_path,
     friendly_errors,
     replace_folder,
 )
@@ -29,8 +34,10 @@ from diffdass.utils.config import ConfigError, build_config
 app = typer.Typer(
     name="diffdass",
     help=(
-        "Domain-adaptive semantic segmentation by label-guided diffusion translation "
-        "(Peng et al., ICCV 2023). Run `diffdass run` for the whole pipeline on the built-in benchmark."
+        "Domain-adaptive semantic segmentation with two methods: label-guided diffusion "
+        "translation with progressive translation learning (PTL; Peng et al., ICCV 2023) and "
+        "CICLD, conditional and inter-coder connected latent diffusion (Yu, Sun, Luo). "
+        "Run `diffdass run` for the whole pipeline on the built-in benchmark."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -65,7 +72,10 @@ def _global_options(
 @friendly_errors
 def make_benchmark(
     out: Annotated[
-        Path, typer.Argument(help="Output root (gets source/ and target/ folder datasets).")
+        Path,
+        typer.Argument(
+            help="Output root (gets source/ and target/ folder datasets).", metavar="OUT"
+        ),
     ],
     seed: Annotated[int, typer.Option(help="Generator seed; same seed, same files.")] = 0,
     height: Annotated[int, typer.Option(help="Image height (64 for CPU, 256 for GPU).")] = 64,
@@ -103,10 +113,13 @@ def _bench_kwargs(cls, kw):
 @app.command()
 @friendly_errors
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="gta5 | synthia | cityscapes")],
-    root: Annotated[Path, typer.Argument(help="Root of the dataset as downloaded (see README).")],
+    dataset: Annotated[str, typer.Argument(help="gta5 | synthia | cityscapes", metavar="DATASET")],
+    root: Annotated[
+        Path, typer.Argument(help="Root of the dataset as downloaded (see README).", metavar="ROOT")
+    ],
     out: Annotated[
-        Path | None, typer.Option(help="Output folder-format root (default: ROOT/diffdass).")
+        Path | None,
+        typer.Option(help="Output folder-format root.", show_default="ROOT/diffdass"),
     ] = None,
     on_error: Annotated[
         str, typer.Option(help="raise | skip (log and skip bad samples).")
@@ -126,7 +139,8 @@ def prepare(
 @friendly_errors
 def train_seg(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
-    config: ConfigOpt = None,
+    config: ConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     source_root: Annotated[str | None, typer.Option(help="Labeled folder dataset root.")] = None,
     source_split: Annotated[str | None, typer.Option(help="Split of the source root.")] = None,
@@ -152,11 +166,12 @@ def train_seg(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ):
     """Source-only training: SGD or AdamW + poly decay, noisy-masked augmentation, resumable."""
     from diffdass.adaptation.seg_training import TrainSegConfig, train_segmenter
 
+    config = config_path(config, config_option)
     cfg = build_config(TrainSegConfig, config, sets, flag_values("train-seg", locals()))
     metrics = train_segmenter(cfg, out, progress=not quiet)
     typer.echo(json.dumps(metrics, indent=2, default=str))
@@ -194,8 +209,8 @@ def evaluate(
             " statistics."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    quiet: QuietOpt = False,
 ):
     """Confusion-matrix mIoU (19/16/13 classes), per-class IoU, colourised predictions."""
     from diffdass.data.scan import scan_split
@@ -250,15 +265,81 @@ def evaluate(
     typer.echo(f"inference: {res['inference_ms_per_image']:.2f} ms/image (batch 1)")
 
 
-def _parse_size(s: str | None):
+@app.command()
+@friendly_errors
+def predict(
+    images: Annotated[
+        str,
+        typer.Argument(
+            help="A folder of images (searched recursively), one image, or a glob pattern such"
+            " as 'photos/**/*.jpg' (quote it so that the shell leaves it alone).",
+            metavar="IMAGES",
+        ),
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(help="Segmenter or CICLD checkpoint (.safetensors) written by diffdass."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder: labels/ (train-id PNGs) and overlays/ (class colours on the"
+            " image), each with the input's relative file names (.png).",
+        ),
+    ],
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size",
+            "--input-size",
+            help="Feed the model images resized to HxW (e.g. 512x1024); the outputs keep each"
+            " image's own size.",
+            show_default="each image's own size",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward pass (of one size, unless --size).")
+    ] = 1,
+    alpha: Annotated[float, typer.Option(help="Opacity of the class colours (0..1).")] = 0.5,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Predict again images whose outputs exist.", show_default=False
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    quiet: QuietOpt = False,
+):
+    """Label maps and colour overlays for images without labels, from any checkpoint."""
+    from diffdass.evaluation.predict import find_images, predict_images
+    from diffdass.pipeline.scoring import load_for_evaluation
+    from diffdass.utils.device import resolve_device
+
+    input_size = _parse_size(size, "--size")
+    find_images(images, exclude=out)  # no matching image: an error before the model loads
+    dev = resolve_device(device)
+    model = load_for_evaluation(checkpoint, dev)  # a segmenter or a CICLD model
+    res = predict_images(
+        model, images, out, dev, input_size, batch_size, alpha, overwrite, progress=not quiet
+    )
+    typer.echo(
+        f"{res['images']} images: {res['written']} predicted, {res['skipped']} already done"
+        f" (--overwrite predicts them again); labels: {res['labels']}, overlays:"
+        f" {res['overlays']}"
+    )
+
+
+def _parse_size(s: str | None, flag: str = "--input-size"):
     if not s:
         return None
     try:
         h, w = (int(v) for v in s.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input-size expects HxW like 512x1024, got {s!r}") from None
+        raise ValueError(f"{flag} expects HxW like 512x1024, got {s!r}") from None
     if h <= 0 or w <= 0:
-        raise ConfigError(f"--input-size: both sizes must be positive, got {s!r}")
+        raise ConfigError(f"{flag}: both sizes must be positive, got {s!r}")
     return (h, w)
 
 
@@ -266,7 +347,8 @@ def _parse_size(s: str | None):
 @friendly_errors
 def train_ddpm_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
-    config: ConfigOpt = None,
+    config: ConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     target_root: Annotated[
         str | None, typer.Option(help="Target folder dataset root (labels unused).")
@@ -278,11 +360,12 @@ def train_ddpm_cmd(
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 2e-5).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ):
     """Train the unconditional target-domain DDPM (EMA, sample grids, resumable)."""
     from diffdass.adaptation.ddpm_training import TrainDDPMConfig, train_ddpm
 
+    config = config_path(config, config_option)
     cfg = build_config(TrainDDPMConfig, config, sets, flag_values("train-ddpm", locals()))
     typer.echo(json.dumps(train_ddpm(cfg, out, progress=not quiet), indent=2, default=str))
 
@@ -293,7 +376,8 @@ def translate(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output directory (dataset/ and previews/).")
     ],
-    config: ConfigOpt = None,
+    config: ConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     source_root: Annotated[
         str | None, typer.Option(help="Labeled source folder dataset root.")
@@ -326,11 +410,12 @@ def translate(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ):
     """Translate a labeled source split with the target DDPM and semantic gradient guidance."""
     from diffdass.adaptation.translation import TranslateConfig, translate_dataset
 
+    config = config_path(config, config_option)
     cfg = build_config(TranslateConfig, config, sets, flag_values("translate", locals()))
     res = translate_dataset(cfg, out, progress=not quiet)
     if score_with is not None:
@@ -349,7 +434,8 @@ def translate(
 @friendly_errors
 def ptl(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
-    config: ConfigOpt = None,
+    config: ConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     source_root: Annotated[
         str | None, typer.Option(help="Labeled source folder dataset root.")
@@ -361,30 +447,30 @@ def ptl(
     num_domains: Annotated[int | None, typer.Option(help="K domains for 'spread'.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ):
     """Progressive Translation Learning: walk domains n = 1..N, fine-tuning g on each."""
     from diffdass.adaptation.ptl import PTLConfig, run_ptl
 
+    config = config_path(config, config_option)
     cfg = build_config(PTLConfig, config, sets, flag_values("ptl", locals()))
     typer.echo(json.dumps(run_ptl(cfg, out, progress=not quiet), indent=2, default=str))
 
 
 #: the options of the commands that run a pipeline config (run, calibrate-guidance)
-PipelineArg = Annotated[
-    Path | None,
-    typer.Argument(help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False),
-]
 PipelineOut = Annotated[str | None, typer.Option("--out", "-o", help="Output directory.")]
 PipelineSeed = Annotated[int | None, typer.Option(help="Random seed of every stage.")]
 PipelineDevice = Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")]
-PipelineQuiet = Annotated[bool, typer.Option(help="No progress bars.")]
+PipelineQuiet = Annotated[
+    bool, typer.Option("--quiet", help="No progress bars.", show_default=False)
+]
 
 
 @app.command()
 @friendly_errors
 def run(
-    config: PipelineArg = None,
+    config: PipelineConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     out: PipelineOut = None,
     seed: PipelineSeed = None,
@@ -404,6 +490,7 @@ def run(
     from diffdass.pipeline.stages import run_pipeline
     from diffdass.pipeline.summary import summary_lines
 
+    config = config_path(config, config_option)
     cfg = load_pipeline_config(config, sets, **flag_values("run", locals()))
     summary = run_pipeline(cfg, progress=not quiet, echo=typer.echo)
     for line in summary_lines(summary):
@@ -414,7 +501,8 @@ def run(
 @app.command("calibrate-guidance")
 @friendly_errors
 def calibrate_guidance(
-    config: PipelineArg = None,
+    config: PipelineConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     out: PipelineOut = None,
     seed: PipelineSeed = None,
@@ -434,6 +522,7 @@ def calibrate_guidance(
     from diffdass.pipeline.stages import run_pipeline
     from diffdass.pipeline.summary import calibration_lines
 
+    config = config_path(config, config_option)
     cfg = load_pipeline_config(config, sets, **flag_values("calibrate-guidance", locals()))
     res = run_pipeline(cfg, progress=not quiet, echo=typer.echo, calibrate_only=True)
     for line in calibration_lines(res):
@@ -449,7 +538,8 @@ def calibrate_guidance(
 @app.command()
 @friendly_errors
 def ablate(
-    config: PipelineArg = None,
+    config: PipelineConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
         "runs/ablation"
@@ -491,7 +581,7 @@ def ablate(
             " diffdass/configs/ablation_rows.yaml); name its groups in --rows."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: PipelineQuiet = False,
 ):
     """Re-run the paper's ablations (Tables 2, 3, 5, appendix C, Fig. 5) over seeds.
 
@@ -503,7 +593,7 @@ def ablate(
     from diffdass.pipeline.ablate import run_ablation
     from diffdass.pipeline.config import load_pipeline_config
 
-    cfg = load_pipeline_config(config, sets)
+    cfg = load_pipeline_config(config_path(config, config_option), sets)
 
     def nums(s):
         return [float(v) for v in s.split(",") if v.strip()]
@@ -527,12 +617,8 @@ def ablate(
 @app.command()
 @friendly_errors
 def estimate(
-    config: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Pipeline YAML (default: the built-in CPU benchmark).", show_default=False
-        ),
-    ] = None,
+    config: PipelineConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     gpu: Annotated[
         str | None,
@@ -554,6 +640,7 @@ def estimate(
     disk needed) and timed here, or converted with a named device's rate (--gpu)."""
     from diffdass.pipeline.estimate import run_estimate
 
+    config = config_path(config, config_option)
     flags = flag_values("estimate", locals())
     if image_size is not None:
         flags["estimate.image_size"] = list(image_size)
@@ -563,9 +650,8 @@ def estimate(
 @app.command("launch-plan")
 @friendly_errors
 def launch_plan(
-    config: Annotated[
-        Path | None, typer.Argument(help="Pipeline YAML.", show_default=False)
-    ] = None,
+    config: PipelineConfigArg = None,
+    config_option: ConfigOpt = None,
     sets: SetOpt = None,
     dest: Annotated[Path, typer.Option("--dir", "-d", help="Folder for the stage configs.")] = Path(
         "launch"
@@ -576,6 +662,7 @@ def launch_plan(
     from diffdass.pipeline.config import load_pipeline_config
     from diffdass.pipeline.launch import write_plan
 
+    config = config_path(config, config_option)
     cfg = load_pipeline_config(config, sets)
     for line in write_plan(cfg, config, dest, processes):
         typer.echo(line)
@@ -593,6 +680,33 @@ def models():
     typer.echo("DDPM UNets (--unet):")
     for name, n in UNET_PARAM_COUNTS.items():
         typer.echo(f"  {name:16s} {n / 1e6:.1f}M parameters")
+
+
+config_app = typer.Typer(
+    help="Inspect configs: `diffdass config show CONFIG` prints the resolved pipeline config.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@friendly_errors
+def config_show(
+    config: PipelineConfigArg = None,
+    config_option: ConfigOpt = None,
+    sets: SetOpt = None,
+    out: PipelineOut = None,
+    seed: PipelineSeed = None,
+    device: PipelineDevice = None,
+):
+    """Print the resolved pipeline config as YAML: defaults < CONFIG < --set < flags, with the
+    shared settings filled into every stage section, as `diffdass run` records it."""
+    from diffdass.pipeline.config import fill_config, load_pipeline_config
+    from diffdass.utils.config import dump_yaml
+
+    config = config_path(config, config_option)
+    cfg = load_pipeline_config(config, sets, **flag_values("run", locals()))
+    typer.echo(dump_yaml(fill_config(cfg)), nl=False)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 It reads only what the stages wrote (JSON metrics, strip images), never training code:
 target mIoU and per-class IoU of every model the run trained (source-only, AdaBN, PTL's g_N,
 CICLD, DACS, the oracle; whichever are present), strips of source images across the
-intermediate domains (the paper's Fig. 4), mIoU of g_n along n, and the time spent per
-stage.
+intermediate domains (the paper's Fig. 4), mIoU of g_n along n, the time spent per
+stage, and a glossary of the symbols and names the tables use.
 """
 
 from __future__ import annotations
@@ -17,6 +17,84 @@ from pathlib import Path
 import numpy as np
 
 from diffdass.utils.io import atomic_write_text, read_json, save_image
+
+#: (term, explanation) of every symbol and name the report uses, in its order
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    (
+        "g_0",
+        "the source-only segmenter: trained on the labeled source images only; PTL and "
+        "DACS start from it.",
+    ),
+    (
+        "g_N",
+        "the segmenter after the last PTL domain (n = N, the deepest diffusion depth); "
+        "g_n: after the domain of depth n.",
+    ),
+    (
+        "phi^n",
+        "intermediate domain n: the source images diffused to depth n by the target "
+        "DDPM and denoised back (guided by the source labels, or unguided); a larger n is closer "
+        "to the target.",
+    ),
+    (
+        "PTL (label-guided translation)",
+        "Peng et al. (ICCV 2023): source images translated "
+        "into the target style by a diffusion model guided by their labels, and progressive "
+        "translation learning: g_0 fine-tuned on the intermediate domains phi^n in order of n.",
+    ),
+    (
+        "CICLD",
+        "conditional and inter-coder connected latent diffusion (Yu, Sun, Luo): a "
+        "segmenter built on a latent diffusion model, trained on source labels and adapted to the "
+        "target with an adversarial loss and ClassMix self-training.",
+    ),
+    (
+        "DACS",
+        "the self-training baseline: g_0 trained further on target images mixed with "
+        "source images (ClassMix), with pseudo-labels from its EMA model.",
+    ),
+    (
+        "AdaBN",
+        "g_0 with its BatchNorm statistics re-estimated on the unlabeled target "
+        "images; no training. Not applicable to a segmenter without BatchNorm layers.",
+    ),
+    (
+        "EMA model",
+        "the exponential moving average of a model's weights over its training "
+        "steps; CICLD and DACS are scored with it (CICLD: EMA student, DACS: EMA teacher, as "
+        "their papers call it).",
+    ),
+    (
+        "target oracle",
+        "the segmenter trained on target labels; it reads them, so it is a "
+        "reference, not an adaptation method.",
+    ),
+    (
+        "floor / ceiling",
+        "in the mIoU tables, the source-only row (no adaptation) and the "
+        "target-oracle row (target labels) bound what adaptation reaches; in the distance table, "
+        "target train images (floor: the target against itself) and untranslated source images "
+        "(ceiling).",
+    ),
+    (
+        "SWD x1e3",
+        "sliced Wasserstein distance between the distributions of small image "
+        "patches of two image sets, times 1000; lower is closer.",
+    ),
+    (
+        "mIoU19 / 16 / 13",
+        "mean intersection over union over the 19 Cityscapes classes or "
+        "their 16- and 13-class subsets (SYNTHIA); mIoU4 etc.: every class of the dataset.",
+    ),
+)
+
+
+def _glossary() -> list[str]:
+    items = "".join(
+        f"<dt><b>{html.escape(term)}</b></dt><dd>{html.escape(text)}</dd>"
+        for term, text in GLOSSARY
+    )
+    return ["<h2 id='glossary'>Glossary</h2>", f"<dl>{items}</dl>"]
 
 
 def _read(path: Path):
@@ -348,7 +426,8 @@ def write_report(out: str | Path) -> Path:
         "text-align:right}th{background:#eee}img{max-width:100%}</style></head><body>",
         "<h1>diffdass report</h1>",
         f"<p>Output directory: <code>{html.escape(str(out))}</code>. All numbers are for the "
-        "<b>last</b> checkpoint of each stage (no model selection on target val).</p>",
+        "<b>last</b> checkpoint of each stage (no model selection on target val). The symbols "
+        "and names are explained in the <a href='#glossary'>glossary</a> at the end.</p>",
     ]
     labels = {name: m["label"] for name, m in methods.items()}
     rows = [[labels[name], ev["miou"][key]] for name, ev in evals.items()]
@@ -372,6 +451,11 @@ def write_report(out: str | Path) -> Path:
         _img_tag(png, "per-class IoU"),
         _table(["class", *series], prow),
     ]
+    if "adabn" not in evals:
+        parts.append(
+            "<p>AdaBN: not applicable, the segmenter has no BatchNorm layer (no statistics to "
+            "re-estimate).</p>"
+        )
     panel = _prediction_panel(out, {name: methods[name]["short"] for name in evals})
     if panel is not None:
         panel.save(png_dir / "predictions.png")
@@ -438,5 +522,6 @@ def write_report(out: str | Path) -> Path:
                 [[labels[m], train[m], ms[m], evals[m]["miou"][key]] for m in train],
             ),
         ]
+    parts += _glossary()
     parts.append("</body></html>")
     return atomic_write_text(out / "report.html", "\n".join(parts))

@@ -17,6 +17,7 @@ from diffdass.adaptation.seg_training import TrainSegConfig
 from diffdass.adaptation.stage_metrics import StageMetricsSpec
 from diffdass.data.benchmark.writer import BenchmarkConfig
 from diffdass.data.folder import DomainSpec
+from diffdass.training.tracking import LoggingConfig
 from diffdass.utils.config import ConfigError, build_config, validate_tree
 from diffdass.utils.device import Amp
 
@@ -67,6 +68,9 @@ class PipelineConfig:
     # mixed precision of every stage (null: each stage's own `amp`, true by default = bf16 on
     # CUDA only); `bf16` also on the CPU (faster there, not bit-identical: docs/performance.md)
     amp: Amp | None = None
+    # the training curves of every stage: TensorBoard event files in <stage>/tensorboard/
+    # (and the evaluations in <out>/tensorboard/); `wandb: true` also logs to W&B
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
     source: DomainSpec = field(default_factory=DomainSpec)  # labeled source
     target: DomainSpec = field(default_factory=DomainSpec)  # unlabeled target (train)
@@ -114,7 +118,8 @@ def _own(obj, attr: str, value, key: str, source: str) -> None:
 
 
 def fill_config(cfg: PipelineConfig) -> PipelineConfig:
-    """Share the data sources, seed, device (and ``amp`` when given) with every stage config.
+    """Share the data sources, seed, device, ``logging`` (and ``amp`` when given) with every
+    stage config.
 
     The keys filled here belong to the pipeline: a stage section that sets one of them to
     something else is refused with a :class:`ConfigError` naming the shared setting to use.
@@ -179,6 +184,7 @@ def _shared(cfg: PipelineConfig, name: str) -> dict[str, tuple[object, str]]:
         "ddpm": (str(out / "ddpm" / "checkpoints" / "final.safetensors"), "the run's DDPM stage"),
         "seed": (cfg.seed, "`seed`"),
         "device": (cfg.device, "`device`"),
+        "logging": (cfg.logging, "`logging`"),
     }
     if cfg.amp is not None:
         shared["amp"] = (cfg.amp, "`amp`")
@@ -202,6 +208,7 @@ def check_config(cfg: PipelineConfig) -> None:
     :func:`fill_config` leaves it)."""
     from diffdass.adaptation.ptl import check_config as check_ptl
 
+    validate_tree(cfg.logging)
     if cfg.ptl is not None:
         check_ptl(cfg.ptl, allow_auto=True)
         validate_tree(cfg.calibration)

@@ -172,8 +172,8 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "ptl",
-        label="the method: g_N after PTL on guided diffusion translations",
-        short="the method",
+        label="PTL (label-guided translation): g_N after PTL on guided diffusion translations",
+        short="PTL (label-guided translation)",
         role="adaptation",
         enabled=lambda cfg: cfg.ptl is not None,
         run=_ptl,
@@ -192,7 +192,7 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "cicld",
-        label="CICLD: EMA student of the adversarial latent diffusion",
+        label="CICLD: EMA model of the adversarial latent diffusion (its EMA student)",
         short="CICLD",
         role="adaptation",
         enabled=lambda cfg: cfg.cicld is not None,
@@ -202,7 +202,7 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "dacs",
-        label="DACS baseline: g_0 + ClassMix self-training (EMA teacher)",
+        label="DACS baseline: EMA model of g_0 + ClassMix self-training (its EMA teacher)",
         short="DACS",
         role="adaptation",
         enabled=lambda cfg: cfg.dacs is not None,

@@ -13,6 +13,7 @@ model) and the calibration when ``ptl.guidance.scale`` is ``auto``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def _unstarted_sections(out: Path):
     def allow(diff: str) -> bool:
         key = diff.split(":", 1)[0]
         section = key.split(".", 1)[0]
+        if "logging" in key.split("."):
+            return True  # where the curves go (`logging`, shared by every stage): no result
         deps = _DEPENDENTS.get(section)
         if section == "ptl" and not key.startswith(_CALIBRATION_KEYS):
             deps = ("ptl", "stage_metrics")  # a PTL setting the calibration does not read
@@ -138,9 +141,15 @@ def run_pipeline(
     with run.open(cfg, (), allow=allow):
         run.resume_point = "the finished stages and the interrupted stage's last checkpoint"
         run.start()
-        if calibrate_only:
-            return _run_calibration(cfg, out, stage, progress)
-        return _run_stages(cfg, out, run, stage, times, progress)
+        try:
+            if calibrate_only:
+                return _run_calibration(cfg, out, stage, progress)
+            return _run_stages(cfg, out, run, stage, times, progress)
+        finally:
+            # the stages keep their checkpoints in their own folders: the pipeline folder's
+            # own checkpoints/ (every run folder gets one) stays empty
+            with contextlib.suppress(OSError):
+                run.ckpt_dir.rmdir()  # only when empty
 
 
 def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progress) -> dict:
@@ -181,7 +190,22 @@ def _run_stages(cfg: PipelineConfig, out: Path, run: RunDir, stage, times, progr
     stage("report", lambda: _report(out, summary))
     summary["seconds"] = times
     write_json(summary_path, summary)
+    _log_evaluations(cfg, out, rows)
     return summary
+
+
+def _log_evaluations(cfg: PipelineConfig, out: Path, rows: dict[str, dict]) -> None:
+    """Every model's target-val mIoU, per class set, as ``eval/mIoU_<set>/<method>`` in
+    ``<out>/tensorboard`` (step 0; a re-run replaces the points)."""
+    from diffdass.training.tracking import Tracker
+
+    values = {
+        f"eval/mIoU_{name}/{key}": miou
+        for key, res in rows.items()
+        for name, miou in res["miou"].items()
+    }
+    with Tracker(out, cfg.logging, purge_step=0, name="run") as tracker:
+        tracker.scalars(values, 0)
 
 
 def _run_calibration(cfg: PipelineConfig, out: Path, stage, progress) -> dict:

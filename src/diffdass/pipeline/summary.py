@@ -75,8 +75,9 @@ def summary_lines(summary: dict) -> list[str]:
     m, cs = summary["miou"], summary["class_set"]
     lines = [f"target mIoU{cs} on the labeled target split (last checkpoints, no model selection):"]
     keys = display_order(m)
+    width = max(len(BY_KEY[key].label) for key in keys)
     for key in keys:
-        lines.append(f"  {BY_KEY[key].label:<58} {m[key]:5.1f}")
+        lines.append(f"  {BY_KEY[key].label:<{width}} {m[key]:5.1f}")
     compared = [k for k in keys if BY_KEY[k].role == "adaptation"]
     gap = m["oracle"] - m["source_only"] if "oracle" in m else 0.0
     if gap > 0:

@@ -11,7 +11,10 @@ A stage describes *what* a step does; :class:`TrainLoop` does the rest, the same
 - **progress**: a bar on a terminal, periodic lines in ``run.log`` (:class:`Progress`),
   with the step's scalar stats and the images per second;
 - **hooks**: :class:`Hook` objects called after every step and at the end (the DDPM's sample
-  grids and snapshots; a tracker is a hook that logs the step's stats);
+  grids and snapshots);
+- **curves**: the step's numeric stats and learning rate go to TensorBoard event files in
+  ``<run>/tensorboard/`` (and W&B when asked), at the global step, through ``loop.tracker``
+  (:mod:`~diffdass.training.tracking`; ``tracking`` switches the outputs);
 - **several processes**: every process runs the steps (the stage's ``step`` shards its batch),
   only the main process writes checkpoints, history and hook output; a stage that does not
   shard its step says ``distributed=False`` and is refused under ``accelerate launch``;
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffdass.training.tracking import LoggingConfig, Tracker
 from diffdass.utils import distributed as dist
 from diffdass.utils.config import ConfigError
 from diffdass.utils.io import read_json, write_json
@@ -67,6 +71,9 @@ class TrainLoop:
     the progress shows its float values, or the keys ``show`` names. ``batches(start)``: the batches of the remaining steps.
     ``save(path, steps_done)`` / ``load(path) -> steps_done``: the resume checkpoint.
     ``images(batch, stats) -> int``: images the step consumed on this process (img/s).
+    ``tracking``: TensorBoard / W&B outputs (None: the defaults, TensorBoard on); the curves
+    hold every numeric stat at step ``it + 1``, and ``lr`` (read from the stat ``lr_key``).
+    Hooks reach the open :class:`Tracker` as ``loop.tracker`` (image grids).
     """
 
     run: RunDir
@@ -85,7 +92,10 @@ class TrainLoop:
     hooks: Sequence[Hook] = ()
     distributed: bool = True
     resume_hint: str = ""  # appended to the error when a checkpoint is past ``total``
+    tracking: LoggingConfig | None = None
+    lr_key: str = "lr"
     history: list[dict] = field(default_factory=list)
+    tracker: Tracker | None = None  # open while the steps run (main process)
 
     @property
     def last(self) -> Path:
@@ -136,6 +146,24 @@ class TrainLoop:
             logger=self.run.logger if main else None,
             run=self.run,
         )
+        # the main process logs, and only when steps remain (a finished run adds no file)
+        logs = main and start < self.total
+        tracking = (self.tracking or LoggingConfig()) if logs else LoggingConfig(False, False)
+        config = self._config() if tracking.wandb else None
+        self.tracker = Tracker(self.run.path, tracking, start + 1, self.name, config)
+        try:
+            return self._steps(start, main, bar)
+        finally:
+            self.tracker.close()
+
+    def _config(self) -> dict | None:
+        """The run's recorded config (W&B's run config)."""
+        import yaml
+
+        path = self.run.path / "config.yaml"
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+    def _steps(self, start: int, main: bool, bar: Progress) -> LoopResult:
         t0, seen, ips = time.perf_counter(), 0, None
         world = dist.world_size()
         for it, batch in enumerate(self.batches(start), start=start):
@@ -145,6 +173,8 @@ class TrainLoop:
                 seen += self.images(batch, stats) * world
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
             if main:
+                lr = stats.get(self.lr_key)
+                self.tracker.scalars({**stats, **({"lr": lr} if lr is not None else {})}, it + 1)
                 for hook in self.hooks:
                     hook.after_step(self, it, stats)
             if (it + 1) % self.checkpoint_every == 0 and it + 1 < self.total:

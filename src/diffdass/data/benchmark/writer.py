@@ -216,15 +216,35 @@ def _refuse_foreign(root: Path) -> None:
 
 @contextlib.contextmanager
 def _lock(root: Path):
+    """One generator per root at a time: an exclusive ``flock`` on ``.<root>.lock`` beside the
+    root, which the holder removes when it is done (nothing is left behind). A process that
+    waited on a file its holder removed locks the current file instead, so two processes
+    never hold the lock at once."""
     import fcntl
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    path = root.parent / f".{root.name}.lock"
+    while True:
+        fh = open(path, "a")  # closed below, or after the lock is released
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            fh.close()
+            raise
+        if current:
+            break
+        fh.close()  # the file was removed while this process waited: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def _class_stats(counts: np.ndarray, present: np.ndarray, n_images: int) -> dict:
