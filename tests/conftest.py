@@ -96,3 +96,29 @@ def check_pinned(out: Path, summary: dict, miou: dict, weights: dict, noisy: tup
     for name, (pinned, rel) in weights.items():
         got = weight_fingerprint(out / name / "checkpoints" / "final.safetensors")
         assert got == pytest.approx(pinned, rel=rel), name
+
+
+def _event_accumulator(logdir: Path):
+    """TensorBoard's own reader of the event files of ``logdir``, loaded in full."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(logdir), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0})
+    return acc.Reload()
+
+
+def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` of the event files of ``logdir`` as TensorBoard reads
+    them (a resumed writer's restart marker drops the earlier points at its step or later)."""
+    acc = _event_accumulator(logdir)
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def read_images(logdir: Path) -> dict[str, list[tuple[int, tuple[int, int]]]]:
+    """``{tag: [(step, (height, width)), ...]}`` of the images of ``logdir``."""
+    acc = _event_accumulator(logdir)
+    return {t: [(e.step, (e.height, e.width)) for e in acc.Images(t)] for t in acc.Tags()["images"]}
+
+
+def event_files(logdir: Path) -> list[Path]:
+    """The event files of ``logdir``, in name order (the order TensorBoard reads them)."""
+    return sorted(Path(logdir).glob("events.out.tfevents.*"))

@@ -467,6 +467,24 @@ def test_train_end_to_end_evaluates_and_resumes_identically(tmp_path, monkeypatc
             assert torch.equal(a[k], b[k]), (name, k)
 
 
+def test_train_logging_tensorboard_false_writes_no_event_files(tmp_path):
+    """CICLD's `logging` switch: off, the run writes no tensorboard/ folder; changing it
+    never blocks using the folder again (it is in RESUME_IGNORE)."""
+    from diffdass.training import LoggingConfig
+
+    src, tgt = _data(tmp_path)
+    cfg = _cfg(src, tgt, ae_iterations=1, ldm_iterations=1, iterations=1)
+    cfg.logging = LoggingConfig(tensorboard=False)
+    out = tmp_path / "off"
+    metrics = train_cicld(cfg, out, progress=False)
+    assert metrics["total_iterations"] == 3
+    assert (out / "checkpoints" / "final.safetensors").is_file()
+    assert not (out / "tensorboard").exists()
+    cfg.logging = LoggingConfig()  # the finished folder is accepted; nothing left to log
+    assert train_cicld(cfg, out, progress=False)["total_iterations"] == 3
+    assert not (out / "tensorboard").exists()
+
+
 # ------------------------------------------------------------------ perceptual term
 def _vgg_file(tmp_path, seed: int = 0, full_keys: bool = True):
     """A VGG-16 weight file as torchvision writes it (``features.N.*`` + the classifier) or

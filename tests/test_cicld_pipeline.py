@@ -145,13 +145,16 @@ def test_cicld_pipeline_end_to_end(cicld_run):
     assert t4["inference_ms_per_image"]["cicld"] > 0
     # the report and the printed lines carry both rows
     html = (out / "report.html").read_text()
-    for name in ("CICLD: EMA student", "DACS baseline"):
+    for name in ("CICLD: EMA model", "DACS baseline: EMA model"):
         assert name in html
+    # one name for both test-time models; the glossary says what each paper calls it
+    assert "EMA student" not in html and "EMA teacher" not in html
+    assert "The CICLD paper calls it the student, DACS the teacher." in html
     for name in ("cicld", "dacs"):
         assert f"<td>{summary['miou'][name]:.1f}</td>" in html
     lines = summary_lines(summary)
     text = "\n".join(lines)
-    for label, name in (("EMA student", "cicld"), ("DACS baseline", "dacs")):
+    for label, name in (("CICLD: EMA model", "cicld"), ("DACS baseline: EMA model", "dacs")):
         line = next(ln for ln in lines if label in ln)
         assert line.endswith(f" {summary['miou'][name]:5.1f}"), line
     for needle in ("CICLD - DACS: ", "CICLD - AdaBN: ", "DACS - AdaBN: ", "CICLD probes: "):
@@ -323,7 +326,7 @@ def test_dacs_resume_equals_uninterrupted(tmp_path, monkeypatch):
     hist = json.loads((tmp_path / "part" / "loss_history.json").read_text())
     assert [h["it"] for h in hist] == [0, 1, 2, 3, 4]
     assert part["loss_last"] == full["loss_last"]
-    # the final checkpoint is the EMA teacher as an ordinary segmenter, and it differs from
+    # the final checkpoint is the EMA model as an ordinary segmenter, and it differs from
     # the trained model
     from diffdass.models.factory import load_segmenter
 
@@ -349,7 +352,7 @@ def test_dacs_loss_decreases_on_a_tiny_overfit(tmp_path):
     last = sum(h["src"] for h in hist[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     assert metrics["loss_last"] < metrics["loss_first"]
-    # the teacher's pseudo-labels grow confident as it learns the toy classes
+    # the EMA model's pseudo-labels grow confident as it learns the toy classes
     assert hist[-1]["pseudo_conf"] > hist[0]["pseudo_conf"]
 
 

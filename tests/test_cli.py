@@ -288,7 +288,7 @@ def test_run_command_trains_and_prints_what_the_run_demonstrates(tmp_path, one_t
         assert f" {summary['miou'][key]:5.1f}\n" in res.output, key
     assert f"report: {tmp_path / 'run' / 'report.html'}" in res.output
     # every training stage logged its curves (and images) for TensorBoard, the run its scores
-    from diffdass.utils.events import read_images, read_scalars
+    from conftest import read_images, read_scalars
 
     run = tmp_path / "run"
     seg = read_scalars(run / "source_only" / "tensorboard")

@@ -146,9 +146,8 @@ def test_predict_from_a_cicld_checkpoint(tmp_path):
     its training also logged its numeric stats for TensorBoard (its step's phase is a string)."""
     from diffdass.adaptation.cicld import CICLDConfig, CICLDModelConfig, train_cicld
     from diffdass.data.folder import DomainSpec
-    from diffdass.utils.events import read_scalars
 
-    from conftest import write_folder_dataset
+    from conftest import read_scalars, write_folder_dataset
 
     data = write_folder_dataset(tmp_path / "src", size=(32, 32), num_classes=K)
     model = CICLDModelConfig(ae_channels=[8, 16], latent_channels=4, unet_channels=[16, 16],

@@ -1,5 +1,5 @@
 """Training curves: the TensorBoard event files every training stage writes (read back with
-the format's own reader), the switch that turns them off, resuming, and W&B on request."""
+TensorBoard's own EventAccumulator), the switch that turns them off, resuming, and W&B on request."""
 
 from __future__ import annotations
 
@@ -13,39 +13,28 @@ from typer.testing import CliRunner
 from diffdass.cli.main import app
 from diffdass.training.tracking import LoggingConfig, Tracker, flat_scalars
 from diffdass.utils.config import ConfigError
-from diffdass.utils.events import (
-    EventWriter,
-    crc32c,
-    event_files,
-    read_events,
-    read_images,
-    read_scalars,
-)
 from test_training_loop import Stop, toy_loop
+
+from conftest import event_files, read_images, read_scalars
 
 runner = CliRunner()
 
 
-def test_event_files_round_trip_with_checksums_and_restart_markers(tmp_path):
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    with EventWriter(tmp_path) as w:
-        w.add_scalars({"loss": 1.5, "lr": 0.25}, 1)
-        w.add_scalar("loss", 1.0, 2)
-        w.add_scalar("loss", 0.75, 3)  # an interrupted process logged past its checkpoint
-        w.add_image("grid", np.zeros((4, 6, 3), np.uint8), 2)
-    first = read_events(event_files(tmp_path)[0])
-    assert first[0]["file_version"] == "brain.Event:2"
-    assert first[1]["values"] == [{"tag": "loss", "scalar": 1.5}, {"tag": "lr", "scalar": 0.25}]
-    assert read_images(tmp_path) == {"grid": [(2, (4, 6, 3))]}
-    with EventWriter(tmp_path, purge_step=3) as w:  # resumed at step 3
-        w.add_scalar("loss", 0.5, 3)
-    assert len(event_files(tmp_path)) == 2
-    assert read_scalars(tmp_path) == {"loss": [(1, 1.5), (2, 1.0), (3, 0.5)], "lr": [(1, 0.25)]}
-    damaged = bytearray(event_files(tmp_path)[0].read_bytes())
-    damaged[30] ^= 0xFF
-    event_files(tmp_path)[0].write_bytes(bytes(damaged))
-    with pytest.raises(ValueError, match="damaged event record"):
-        read_scalars(tmp_path)
+def test_tensorboard_reads_the_scalars_and_images_and_a_resume_drops_the_orphans(tmp_path):
+    with Tracker(tmp_path, purge_step=1) as tr:
+        tr.scalars({"loss": 1.5, "lr": 0.25, "phase": "a"}, 1)
+        tr.scalars({"loss": 1.0}, 2)
+        tr.scalars({"loss": 0.75}, 3)  # an interrupted process logged past its checkpoint
+        tr.image("grid", np.zeros((4, 6, 3), np.uint8), 2)
+        tr.image("gray", np.zeros((5, 7), np.uint8), 2)
+    tb = tmp_path / "tensorboard"
+    assert read_images(tb) == {"grid": [(2, (4, 6))], "gray": [(2, (5, 7))]}
+    with Tracker(tmp_path, purge_step=3) as tr:  # resumed at step 3
+        tr.scalars({"loss": 0.5}, 3)
+    assert len(event_files(tb)) == 2
+    assert read_scalars(tb) == {"loss": [(1, 1.5), (2, 1.0), (3, 0.5)], "lr": [(1, 0.25)]}
+    with Tracker(tmp_path) as tr, pytest.raises(ValueError, match="uint8"):
+        tr.image("grid", np.zeros((4, 6, 3), np.float32), 4)
 
 
 def test_only_numeric_stats_are_logged_nested_ones_by_path():

@@ -42,7 +42,7 @@ fi
 # 3. the package and its pinned dependencies (accelerate==1.15.0 among them, pinned in
 #    pyproject.toml: multi-process runs); the constraints pin torch to what is installed.
 "${pip[@]}" install -c tools/constraints-cpu.txt -e ".[dev]" 2>&1 | grep -v "is ignored" >&2 || true
-"$VENV/bin/python" -c "import diffdass, torch, torchvision, diffusers, timm, segmentation_models_pytorch, accelerate" \
+"$VENV/bin/python" -c "import diffdass, torch, torchvision, diffusers, timm, segmentation_models_pytorch, accelerate, torch.utils.tensorboard" \
   || { echo "[setup] FAILED: imports do not work" >&2; exit 1; }
 "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') or torch.version.cuda else 1)" \
   || { echo "[setup] FAILED: torch was replaced" >&2; exit 1; }

@@ -62,7 +62,7 @@ from diffdass.models.cicld import (
 from diffdass.models.discriminators import LatentDiscriminator, PatchDiscriminator
 from diffdass.models.ema import EMA
 from diffdass.models.perceptual import build_perceptual
-from diffdass.training import TrainLoop
+from diffdass.training import LoggingConfig, TrainLoop
 from diffdass.utils.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from diffdass.utils.config import ConfigError, from_dict, to_dict, validate_tree
 from diffdass.utils.device import configure_backends, resolve_device
@@ -148,6 +148,7 @@ class CICLDConfig:
     num_workers: int = 0
     checkpoint_every: int = 1000
     on_error: str = "raise"
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # curves: TensorBoard / W&B
 
     def validate(self) -> None:
         if not self.source.root or not self.target.root:
@@ -584,7 +585,7 @@ def load_cicld(path: str | Path, device: str | torch.device = "cpu", seed: int =
 
 
 # ===================================================================== loop
-RESUME_IGNORE = ("num_workers", "checkpoint_every", "device")
+RESUME_IGNORE = ("num_workers", "checkpoint_every", "device", "logging")
 
 
 def train_cicld(cfg: CICLDConfig, out: str | Path, progress: bool = True) -> dict:
@@ -632,6 +633,7 @@ def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
         checkpoint_every=cfg.checkpoint_every,
         progress=progress,
         distributed=False,
+        tracking=cfg.logging,
     )()
     trainer.save_final(run.ckpt_dir / "final.safetensors", total)
     history = result.history
@@ -640,7 +642,7 @@ def _train(cfg: CICLDConfig, run: RunDir, src, tgt, progress: bool) -> dict:
         "total_iterations": total,
         "phases": {p: _phase_summary(history, p) for p in PHASES},
         "checkpoint": str(run.ckpt_dir / "final.safetensors"),
-        "checkpoint_kind": "last (EMA weights)",
+        "checkpoint_kind": "last (EMA model)",
         "device": str(device),
         "seconds": result.seconds,
     }

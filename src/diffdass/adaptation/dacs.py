@@ -291,7 +291,7 @@ def _train(cfg: DACSConfig, run: RunDir, src, tgt, progress: bool) -> dict:
         **first_last(history, "mix"),
         "skipped_samples": ds_s.skipped,
         "checkpoint": str(final),
-        "checkpoint_kind": "last (EMA teacher)",
+        "checkpoint_kind": "last (EMA model)",
         "device": str(device),
         "seconds": result.seconds,
     }

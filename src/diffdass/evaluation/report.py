@@ -61,8 +61,8 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     (
         "EMA model",
         "the exponential moving average of a model's weights over its training "
-        "steps; CICLD and DACS are scored with it (CICLD: EMA student, DACS: EMA teacher, as "
-        "their papers call it).",
+        "steps; CICLD and DACS are scored with it. The CICLD paper calls it the student, "
+        "DACS the teacher.",
     ),
     (
         "target oracle",

@@ -200,7 +200,7 @@ def row_signature(base: PipelineConfig, row: Row, out: Path) -> str:
     CICLD config (minus settings that do not touch training) for CICLD rows."""
     if row.method == "cicld":
         d = to_dict(cicld_row_config(base, row))
-        for k in ("num_workers", "checkpoint_every"):
+        for k in ("num_workers", "checkpoint_every", "logging"):
             d.pop(k, None)
         return json.dumps({"cicld": d}, sort_keys=True)
     return training_signature(*row_configs(base, row, out))

@@ -192,7 +192,7 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "cicld",
-        label="CICLD: EMA model of the adversarial latent diffusion (its EMA student)",
+        label="CICLD: EMA model of the adversarial latent diffusion",
         short="CICLD",
         role="adaptation",
         enabled=lambda cfg: cfg.cicld is not None,
@@ -202,7 +202,7 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "dacs",
-        label="DACS baseline: EMA model of g_0 + ClassMix self-training (its EMA teacher)",
+        label="DACS baseline: EMA model of g_0 + ClassMix self-training",
         short="DACS",
         role="adaptation",
         enabled=lambda cfg: cfg.dacs is not None,

@@ -5,8 +5,10 @@ opens on the main process: after every step, each numeric value of the step's st
 dicts flattened as ``key/sub``, e.g. ``val_miou/19``) and the learning rate ``lr``, at the
 step number (the global iteration, counted from 1; PTL: the domain), plus the image grids a
 stage draws (the DDPM's samples, PTL's translations). TensorBoard event files go to
-``<run>/tensorboard/`` (``tensorboard --logdir RUN`` shows every stage of a ``diffdass
-run`` folder); a resumed stage adds a file that continues the curves at the resumed step.
+``<run>/tensorboard/``, written by :class:`torch.utils.tensorboard.SummaryWriter`
+(``tensorboard --logdir RUN`` shows every stage of a ``diffdass run`` folder); a resumed
+stage adds a file that continues the curves at the resumed step (its ``purge_step``:
+TensorBoard drops what an interrupted process logged from there on).
 
 ``logging`` in a stage's config (or at the top of a ``diffdass run`` config, which shares it
 with every stage) switches the outputs: ``tensorboard: true`` (the default) and ``wandb:
@@ -88,9 +90,9 @@ class Tracker:
         self.tb = None
         self.wandb_run = None
         if settings.tensorboard:
-            from diffdass.utils.events import EventWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = EventWriter(self.run_path / TENSORBOARD_DIR, purge_step)
+            self.tb = SummaryWriter(str(self.run_path / TENSORBOARD_DIR), purge_step=purge_step)
         if settings.wandb:
             self.wandb_run = _wandb_run(self.run_path, name, config)
 
@@ -101,16 +103,22 @@ class Tracker:
     def scalars(self, stats: dict, step: int) -> dict[str, float]:
         """Log the numeric values of ``stats`` at ``step``; returns what was logged."""
         values = flat_scalars(stats)
-        if self.tb is not None:
-            self.tb.add_scalars(values, step)
+        if self.tb is not None and values:
+            for tag, value in values.items():
+                self.tb.add_scalar(tag, value, step)
+            self.tb.flush()  # on disk every step: a killed process leaves its curve behind
         if self.wandb_run is not None and values:
             self.wandb_run.log(values, step=step)
         return values
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """Log a uint8 ``(H, W, 3)`` image (a grid of samples) at ``step``."""
+        """Log a uint8 ``(H, W, 3)`` (or ``(H, W)``) image (a grid of samples) at ``step``."""
         if self.tb is not None:
-            self.tb.add_image(tag, image, step)
+            image = np.ascontiguousarray(image)
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise ValueError(f"image {tag!r}: expected a uint8 (H, W) or (H, W, C) array")
+            self.tb.add_image(tag, image, step, dataformats="HWC" if image.ndim == 3 else "HW")
+            self.tb.flush()
         if self.wandb_run is not None:
             import wandb
 
