@@ -394,11 +394,13 @@ def test_cicld_ablation_rows_override_the_cicld_section(tmp_path):
 
     cfg = fill_config(tiny_config(tmp_path / "run"))
     t1 = select_rows(["cicld_table1"])
-    assert [r.paper for r in t1] == ["58.3", "69.3", "68.4", "74.4"]
+    assert [r.paper for r in t1] == ["58.3", "69.3", "68.4", "74.4", ""]
     got = {}
     for row in t1:
         c = cicld_row_config(cfg, row)
         got[row.name] = (c.model.inter_coder, c.model.condition)
+        levels = "all" if row.name.startswith("(e)") else cfg.cicld.model.inter_coder_levels
+        assert c.model.inter_coder_levels == levels
         assert c.adv == "3class" and c.iterations == cfg.cicld.iterations
         assert row.method == "cicld" and not row.ptl
     assert got == {
@@ -406,6 +408,7 @@ def test_cicld_ablation_rows_override_the_cicld_section(tmp_path):
         "(b) without inter-coder connection, conditioned": (False, True),
         "(c) with inter-coder connection, unconditioned": (True, False),
         "(d) with inter-coder connection, conditioned": (True, True),
+        "(e) inter-coder connection at every level, conditioned": (True, True),
     }
     t2 = ROWS["cicld_table2"]
     assert [cicld_row_config(cfg, r).adv for r in t2] == ["none", "2class", "3class"]
