@@ -3,7 +3,7 @@
 coarse / fine split of its samples' distance to the target.
 
 Translation at n <= N only ever evaluates the UNet at t < N, while unconditional samples
-start at t = T - 1. This script separates the two (docs/results.md):
+start at t = T - 1. This script separates the two (docs/results/2026-12-01-guidance-lambda80.md):
 
 1. For target train images diffused to t (forward process, fixed seed), the UNet's eps error
    and the mean of its predicted x_0 (raw and clipped to [-1, 1]) against the true mean.

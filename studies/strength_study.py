@@ -1,4 +1,4 @@
-"""Tables of the guidance-strength study from a `diffdass ablate` folder (docs/results.md).
+"""Tables of the guidance-strength study from a `diffdass ablate` folder (docs/results/).
 
     diffdass ablate --rows table2,sweep_lambda --only "table2: (a),table2: (b),sweep" \\
         --sweep-lambda 0.02,0.32 --seeds 0,1,2 -o runs/abl_default
