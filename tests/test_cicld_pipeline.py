@@ -1,4 +1,4 @@
-"""CICLD and the DACS baseline in `diffdass run` and `diffdass ablate` (issue 10): a tiny
+"""CICLD and the DACS baseline in `diffdass run` and `diffdass ablate`: a tiny
 CICLD + DACS pipeline end to end and resumed, DACS's exact resume and learning, the CICLD
 ablation rows, the shipped CICLD configs."""
 

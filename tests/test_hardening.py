@@ -1,4 +1,4 @@
-"""Issue 9 ("Hardening"): one-line CLI errors, outputs that never overwrite each other,
+"""Hardening: one-line CLI errors, outputs that never overwrite each other,
 ``--set`` typing, skipped samples with loader workers, and smaller fixes."""
 
 from __future__ import annotations

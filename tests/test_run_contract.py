@@ -1,4 +1,4 @@
-"""Issue 9 ("Hardening"): the run-directory contract (docs/run_directories.md).
+"""The run-directory contract (docs/run_directories.md).
 
 1. a failed attempt never locks its output folder; every stage is checked before work;
 2. a changed iteration count is refused, never mislabelled;
