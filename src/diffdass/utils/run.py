@@ -11,7 +11,8 @@ checkpoints into one directory, so a result can always be traced and resumed.
     RUN/metrics.json      final metrics of the stage
     RUN/checkpoints/      safetensors checkpoints (``last.safetensors`` and named ones)
     RUN/.lock             held (an exclusive ``flock``) by the one process writing the folder;
-                          it names that process (pid, command, start time)
+                          it names that process (pid, command, start time); removed when it
+                          ends (a killed process leaves it, and the next command takes it over)
 """
 
 from __future__ import annotations
@@ -203,17 +204,27 @@ class RunDir:
         if self._lock is not None:
             return
         path = self.path / ".lock"
-        fh = open(path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+        while True:
+            fh = open(path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                fh.close()
+                raise RunLocked(
+                    f"{self.path}: in use by {holder}; wait for it to end, or use another "
+                    "output folder (-o)"
+                ) from None
+            # the holder removes the file when it releases: a lock on a removed file is no
+            # lock, so take it again on the file now at the path
+            try:
+                same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             fh.close()
-            raise RunLocked(
-                f"{self.path}: in use by {holder}; wait for it to end, or use another output "
-                "folder (-o)"
-            ) from None
         fh.seek(0)
         fh.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -222,8 +233,10 @@ class RunDir:
         self._lock = fh
 
     def release(self) -> None:
-        """Release the folder's lock (the file stays; a later holder rewrites it)."""
+        """Release the folder's lock and remove its file (while still holding it, so that a
+        process waiting on the old file takes the lock again on a new one)."""
         if self._lock is not None:
+            (self.path / ".lock").unlink(missing_ok=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
