@@ -629,14 +629,20 @@ def test_mix_weights_and_weighted_loss():
     torch.testing.assert_close(half, 0.5 * segmentation_loss(logits, labels))
 
 
-def _cls_after_one_adapt_step(**over) -> float:
+def _adapt_trainer(**over):
+    """A trainer at its first adaptation iteration and one fixed source / target batch."""
     cfg = _cfg("unused", "unused", ae_iterations=0, ldm_iterations=0, **over)
     torch.manual_seed(0)
     trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     y = torch.randint(0, K, (2, 32, 32), generator=g)
-    return trainer.step(0, {"image": x, "label": y}, {"image": -x, "label": y})["cls"]
+    return trainer, {"image": x, "label": y}, {"image": -x, "label": y}
+
+
+def _cls_after_one_adapt_step(**over) -> float:
+    trainer, bs, bt = _adapt_trainer(**over)
+    return trainer.step(0, bs, bt)["cls"]
 
 
 def test_cicld_confidence_weighting_and_warmup_change_the_mixed_loss():
@@ -658,14 +664,6 @@ def test_cicld_confidence_weighting_and_warmup_change_the_mixed_loss():
 
 
 # ------------------------------------------------------------------ adversarial weight
-def _adapt_trainer(**over):
-    cfg = _cfg("unused", "unused", ae_iterations=0, ldm_iterations=0, **over)
-    torch.manual_seed(0)
-    trainer = CICLDTrainer(cfg, K, torch.device("cpu"), epoch_iterations=2)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-    y = torch.randint(0, K, (2, 32, 32), generator=g)
-    return trainer, {"image": x, "label": y}, {"image": -x, "label": y}
 
 
 def test_gradient_norm_weighting_sets_the_stated_fraction():
