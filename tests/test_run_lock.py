@@ -72,8 +72,9 @@ def test_the_lock_is_released_when_the_stage_ends(tmp_path):
             RunDir(folder, "train-seg").open(TrainSegConfig())
     t0 = time.perf_counter()
     with RunDir(folder, "train-seg").open(TrainSegConfig()):
-        pass
+        assert (folder / ".lock").is_file()  # held, naming its holder
     assert time.perf_counter() - t0 < 5
+    assert not (folder / ".lock").exists()  # the holder removes it when it ends
     assert not RunDir(folder, "train-seg").evidence()  # the lock file is no evidence of a run
 
 
