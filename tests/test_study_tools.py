@@ -41,9 +41,12 @@ def test_cicld_inference_probe_reports_the_condition_effect(tmp_path):
     from diffdass.data.scan import scan_split
 
     ds = scan_split(tmp_path / "d", "val", "required").dataset()
-    probe = ci.probe_condition(tiny_net(), ds, 2, 200, 2)
+    probe = ci.probe_condition(tiny_net(), ds, 2, 200, 2)  # concatenated label embedding
     assert probe["max_logit_change"] > 0
     assert 0.0 <= probe["argmax_changed_pct"] <= 100.0
+    assert "mid_norm_o" not in probe  # no Eq. 5 middle block to look into
+    probe = ci.probe_condition(tiny_net(condition_mode="eq5"), ds, 2, 200, 2)
+    assert probe["max_logit_change"] > 0
     assert probe["mid_norm_o"] > 0 and probe["mid_norm_c"] > 0 and probe["mid_norm_delta"] > 0
     assert ci.probe_condition(tiny_net(condition=False), ds, 2, 200, 2) == {}
 
